@@ -1,0 +1,34 @@
+package realtime
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"embed"
+	"encoding/hex"
+	"net/http"
+	"time"
+)
+
+//go:embed web/realtime.js
+var web embed.FS
+
+// ClientScriptHandler serves the browser client, an ES module with no
+// dependencies, for any request path: mount it where pages import it, for
+// example at "/realtime/realtime.js". Responses carry an ETag and ask
+// browsers to revalidate, so a new server version is picked up at once
+// and an unchanged script costs a 304.
+func ClientScriptHandler() http.Handler {
+	script, err := web.ReadFile("web/realtime.js")
+	if err != nil {
+		panic("realtime: embedded client script missing: " + err.Error())
+	}
+	sum := sha256.Sum256(script)
+	etag := `"` + hex.EncodeToString(sum[:12]) + `"`
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/javascript; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-cache")
+		w.Header().Set("ETag", etag)
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		http.ServeContent(w, r, "realtime.js", time.Time{}, bytes.NewReader(script))
+	})
+}

@@ -1,0 +1,203 @@
+package realtime
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// WebSocketOptions configures the WebSocket transport. The zero value of
+// every field means its default; nil means all defaults.
+type WebSocketOptions struct {
+	// PingInterval is how often the server pings an idle or busy client.
+	// The default, 0, is 25 seconds.
+	PingInterval time.Duration
+
+	// PongTimeout is how long the client has to answer a ping before the
+	// connection is dropped as dead (ClosePingTimeout). The default, 0, is
+	// 10 seconds.
+	PongTimeout time.Duration
+}
+
+// NewWebSocketHandler returns the WebSocket transport of h as an
+// http.Handler, to mount where clients connect (for example at
+// "/realtime/ws"). It is built on the exported Hub API alone.
+//
+// Each request is admitted with [Hub.Admit] (origin and Authenticate),
+// must offer the subprotocol [Subprotocol], and is then upgraded. The
+// handler serves the connection until it ends, and returns only after
+// every goroutine of the connection has ended. After the upgrade the
+// connection lives by its own context, not the request's.
+func NewWebSocketHandler(h *Hub, opts *WebSocketOptions) http.Handler {
+	var o WebSocketOptions
+	if opts != nil {
+		o = *opts
+	}
+	if o.PingInterval <= 0 {
+		o.PingInterval = 25 * time.Second
+	}
+	if o.PongTimeout <= 0 {
+		o.PongTimeout = 10 * time.Second
+	}
+	return &wsHandler{hub: h, opts: o}
+}
+
+type wsHandler struct {
+	hub  *Hub
+	opts WebSocketOptions
+}
+
+func (s *wsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	id, ok := s.hub.Admit(w, r)
+	if !ok {
+		return
+	}
+	if isWebSocketUpgrade(r) && !offersSubprotocol(r, Subprotocol) {
+		http.Error(w, "realtime: offer the WebSocket subprotocol "+Subprotocol,
+			http.StatusBadRequest)
+		return
+	}
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		Subprotocols: []string{Subprotocol},
+		// Admit has applied the hub's origin policy.
+		InsecureSkipVerify: true,
+	})
+	if err != nil {
+		return // Accept has written the response.
+	}
+	ws.SetReadLimit(int64(s.hub.opts.MaxMessageSize))
+
+	t := &wsTransport{ws: ws}
+	c, err := s.hub.Connect(t, id)
+	if err != nil {
+		ws.Close(websocket.StatusGoingAway, "server shutting down")
+		return
+	}
+
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.ping(c, ws)
+	}()
+	s.read(c, ws)
+	wg.Wait()
+	<-c.Done()
+}
+
+// read passes the client's frames to the hub until the connection ends.
+func (s *wsHandler) read(c *Conn, ws *websocket.Conn) {
+	ctx := c.Context()
+	for {
+		typ, frame, err := ws.Read(ctx)
+		if err != nil {
+			c.Close(readCloseError(err))
+			return
+		}
+		if typ != websocket.MessageText {
+			c.replyError(0, "", &protocolError{codeBadFrame, "frames must be text"})
+			continue
+		}
+		if c.Receive(ctx, frame) != nil {
+			return
+		}
+	}
+}
+
+// readCloseError turns the error that ended a read into why the
+// connection closed.
+func readCloseError(err error) (CloseCode, string) {
+	var ce websocket.CloseError
+	switch {
+	case errors.As(err, &ce):
+		return CloseCode(ce.Code), ce.Reason
+	case strings.Contains(err.Error(), "read limited at"):
+		return CloseTooLarge, "frame larger than the message size limit"
+	default:
+		return CloseAbnormal, err.Error()
+	}
+}
+
+// ping checks that the peer is alive until the connection ends.
+func (s *wsHandler) ping(c *Conn, ws *websocket.Conn) {
+	ctx := c.Context()
+	t := time.NewTicker(s.opts.PingInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, s.opts.PongTimeout)
+		err := ws.Ping(pctx)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			c.close(CloseError{ClosePingTimeout, "no pong within the timeout"}, false)
+			return
+		}
+	}
+}
+
+// wsTransport is the Transport of one WebSocket connection.
+type wsTransport struct {
+	ws *websocket.Conn
+}
+
+func (t *wsTransport) Name() string { return "websocket" }
+
+func (t *wsTransport) Write(ctx context.Context, frame []byte) error {
+	return t.ws.Write(ctx, websocket.MessageText, frame)
+}
+
+func (t *wsTransport) Close(code CloseCode, reason string) error {
+	switch code {
+	case CloseAbnormal, ClosePingTimeout:
+		// The peer is gone or not listening: no close frame would arrive.
+		return t.ws.CloseNow()
+	}
+	return t.ws.Close(websocket.StatusCode(code), truncateReason(reason))
+}
+
+// truncateReason fits a close reason into a close frame (123 bytes),
+// without splitting a UTF-8 sequence.
+func truncateReason(s string) string {
+	const max = 123
+	if len(s) <= max {
+		return s
+	}
+	s = s[:max]
+	for len(s) > 0 && s[len(s)-1]&0xC0 == 0x80 {
+		s = s[:len(s)-1]
+	}
+	if len(s) > 0 && s[len(s)-1] >= 0xC0 {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+func isWebSocketUpgrade(r *http.Request) bool {
+	return headerHasToken(r.Header, "Connection", "upgrade") &&
+		headerHasToken(r.Header, "Upgrade", "websocket")
+}
+
+func offersSubprotocol(r *http.Request, name string) bool {
+	return headerHasToken(r.Header, "Sec-WebSocket-Protocol", name)
+}
+
+// headerHasToken reports whether a comma-separated header lists token.
+func headerHasToken(h http.Header, key, token string) bool {
+	for _, v := range h.Values(key) {
+		for _, t := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
