@@ -17,7 +17,7 @@ import (
 // the exported API; a third party's transport can be too.
 //
 // The Hub calls Write from one goroutine at a time, the connection's
-// writer, and never after Close has returned.
+// writer. A Write that starts during or after Close must fail promptly.
 type Transport interface {
 	// Name names the kind of transport, such as "websocket". It is used in
 	// logs and reported by Conn.Transport.

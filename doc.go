@@ -1,0 +1,86 @@
+// Package realtime is realtime messaging for Go programs: a [Hub] that an
+// application mounts into its own http.ServeMux, through which clients
+// join channels and every member of a channel receives what is published
+// there, in one order, with nothing silently lost.
+//
+// A minimal server:
+//
+//	hub, err := realtime.New(nil)
+//	if err != nil { ... }
+//	mux := http.NewServeMux()
+//	mux.Handle("/realtime/ws", realtime.NewWebSocketHandler(hub, nil))
+//	mux.Handle("/realtime/realtime.js", realtime.ClientScriptHandler())
+//	// ... serve mux; publish from anywhere in the app:
+//	hub.Publish(ctx, "news", []byte(`{"headline":"..."}`))
+//
+// Browsers import the served client script; Go programs use the package
+// [github.com/realtimekit/realtime/client]. PROTOCOL.md in the repository
+// describes the wire protocol for clients in other languages.
+//
+// # The path of a message
+//
+// Every message takes one path, whoever publishes it:
+//
+//  1. A client's frame arrives on its transport, which hands it to
+//     [Conn.Receive]; or the application calls [Hub.Publish].
+//  2. The Hub checks the channel name and, for clients, the
+//     [Options.AuthorizePublish] hook, and passes the payload to the
+//     [Backplane].
+//  3. The backplane orders the channel's messages, gives each a
+//     [Position], and carries it to every hub node that follows the
+//     channel, this one included.
+//  4. Each node's Hub encodes the message once and appends it to the
+//     bounded outbound queue of every local member of the channel.
+//  5. Each connection's writer goroutine takes what is queued, coalesces
+//     it into one frame, and writes it to its transport.
+//
+// No transport and no backplane has a shortcut around this path, so the
+// semantics are the same on all of them.
+//
+// # Who owns what
+//
+// The Hub owns channel membership and the node's backplane subscriptions:
+// it subscribes a channel when its first local member joins and
+// unsubscribes after the last one leaves. It runs one goroutine that
+// receives from the backplane.
+//
+// A [Conn] owns its outbound queue and one writer goroutine, the only
+// code that writes to its transport. When a queue is full, the
+// [Options.SlowConsumer] policy applies; a publish never waits for a
+// connection.
+//
+// A transport owns the reading side of its connections and their network
+// details. [Hub.Shutdown] and [Hub.Close] wait for every goroutine the
+// Hub and its connections started.
+//
+// # Transports
+//
+// A transport turns a network connection into a [Conn]: it admits the
+// client (the built-in HTTP transports use [Hub.Admit] for the origin
+// policy and [Options.Authenticate]), calls [Hub.Connect] with a
+// [Transport] value that can write frames and close the connection, feeds
+// each frame the client sends to [Conn.Receive], and calls [Conn.Close]
+// when the client goes away. [NewWebSocketHandler] is built exactly so,
+// with the exported API alone, and a third-party transport can be too.
+//
+// # Backplanes
+//
+// A [Backplane] orders messages per channel and carries them between hub
+// nodes. The default, [NewMemoryBackplane], serves one process; a
+// [MemoryBroker] links several hubs in one process. The Backplane
+// documentation states the contract for implementers.
+//
+// # Shutdown
+//
+// [Hub.Shutdown] refuses new connections and publishes, closes every
+// connection with [CloseGoingAway] after writing what was queued for it,
+// and returns once all of them have ended. http.Server.Shutdown does not
+// wait for WebSocket connections, so shut the Hub down first.
+//
+// # Logging
+//
+// The Hub is silent unless [Options.Logger] is set. Connection lifecycle
+// logs at Debug, start and stop at Info, slow consumers at Warn, and a
+// failing backplane at Error, with the attributes conn, transport,
+// channel and err.
+package realtime
