@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"sync"
+	"time"
 )
 
 // Position is where a message stands in its channel: an epoch, which
@@ -50,6 +51,17 @@ type Message struct {
 // slow client: buffering between Publish and Receive should be bounded,
 // and a full buffer must slow publishers down or be reported, not dropped.
 //
+// History serves recovery: it returns the messages of channel after
+// since, oldest first, and the position of the channel's latest message
+// (offset 0 in the current epoch if it has none yet; the zero Position if
+// the backplane does not know the channel). With a zero since it returns
+// no messages, only the latest position. When it cannot return every
+// message after since (the epoch is not the channel's current one, or
+// some of them were trimmed) it returns an error matching
+// [ErrUnrecoverable], still with the latest position if it knows it. A
+// backplane that keeps no history returns ErrUnrecoverable for every
+// non-zero since, and recovery then always reports "not recovered".
+//
 // Every method that takes a ctx returns promptly with an error when ctx
 // ends. An error from Publish is returned to the publisher; an error from
 // Subscribe refuses the join that caused it; an error from Unsubscribe is
@@ -64,7 +76,21 @@ type Backplane interface {
 	Subscribe(ctx context.Context, channel string) error
 	Unsubscribe(ctx context.Context, channel string) error
 	Receive(ctx context.Context) ([]Message, error)
+	History(ctx context.Context, channel string, since Position) ([]Message, Position, error)
 	Close() error
+}
+
+// MemoryOptions configures the in-memory backplane. The zero value of
+// every field means its default; nil means all defaults.
+type MemoryOptions struct {
+	// HistorySize is how many recent messages each channel keeps for
+	// recovery. The default, 0, is 1000; a negative value keeps none.
+	HistorySize int
+
+	// HistoryTTL is how long a message stays in history. A channel that
+	// nobody follows is forgotten, with its numbering, once its newest
+	// message is this old. The default, 0, is 5 minutes.
+	HistoryTTL time.Duration
 }
 
 // MemoryBroker orders messages for any number of hubs in one process. Each
@@ -72,11 +98,16 @@ type Backplane interface {
 // of a cluster gets its own broker client. It is safe for concurrent use;
 // the zero value is not usable: create one with [NewMemoryBroker].
 //
-// A channel's numbering lives as long as some node follows the channel: a
-// channel that nobody follows starts a new epoch when it is followed again.
+// A channel keeps its numbering while some node follows it or its history
+// holds a message; after that it starts a new epoch.
 type MemoryBroker struct {
-	mu       sync.Mutex
-	channels map[string]*memoryChannel
+	historySize int
+	historyTTL  time.Duration
+	now         func() time.Time
+
+	mu        sync.Mutex
+	channels  map[string]*memoryChannel
+	lastSweep time.Time
 	// space is closed and replaced whenever a node's queue shrinks, waking
 	// publishers that wait for room.
 	space chan struct{}
@@ -85,23 +116,46 @@ type MemoryBroker struct {
 type memoryChannel struct {
 	pos   Position
 	nodes map[*memoryNode]struct{}
+	// history holds the newest messages, oldest first.
+	history []memoryEntry
+}
+
+type memoryEntry struct {
+	msg Message
+	at  time.Time
 }
 
 // memoryQueueLimit bounds how many messages wait for one node's Receive.
 const memoryQueueLimit = 1 << 16
 
 // NewMemoryBroker returns a broker with no channels.
-func NewMemoryBroker() *MemoryBroker {
+func NewMemoryBroker(opts *MemoryOptions) *MemoryBroker {
+	var o MemoryOptions
+	if opts != nil {
+		o = *opts
+	}
+	switch {
+	case o.HistorySize == 0:
+		o.HistorySize = 1000
+	case o.HistorySize < 0:
+		o.HistorySize = 0
+	}
+	if o.HistoryTTL <= 0 {
+		o.HistoryTTL = 5 * time.Minute
+	}
 	return &MemoryBroker{
-		channels: make(map[string]*memoryChannel),
-		space:    make(chan struct{}),
+		historySize: o.HistorySize,
+		historyTTL:  o.HistoryTTL,
+		now:         time.Now,
+		channels:    make(map[string]*memoryChannel),
+		space:       make(chan struct{}),
 	}
 }
 
 // NewMemoryBackplane returns the in-memory backplane of a single node: the
 // default of [Options.Backplane].
-func NewMemoryBackplane() Backplane {
-	return NewMemoryBroker().Backplane()
+func NewMemoryBackplane(opts *MemoryOptions) Backplane {
+	return NewMemoryBroker(opts).Backplane()
 }
 
 // Backplane returns a new node's backplane on b. Close it to detach the
@@ -127,6 +181,55 @@ type memoryNode struct {
 	closeOnce sync.Once
 }
 
+// channel returns the state of name, creating it if create is set. b.mu
+// is held.
+func (b *MemoryBroker) channel(name string, create bool) *memoryChannel {
+	now := b.now()
+	if now.Sub(b.lastSweep) > b.historyTTL/4 {
+		b.sweep(now)
+	}
+	ch := b.channels[name]
+	if ch != nil {
+		ch.trim(now.Add(-b.historyTTL))
+		if len(ch.nodes) == 0 && len(ch.history) == 0 {
+			delete(b.channels, name)
+			ch = nil
+		}
+	}
+	if ch == nil && create {
+		ch = &memoryChannel{
+			pos:   Position{Epoch: newEpoch()},
+			nodes: make(map[*memoryNode]struct{}),
+		}
+		b.channels[name] = ch
+	}
+	return ch
+}
+
+// sweep trims expired history everywhere and forgets idle channels. b.mu
+// is held.
+func (b *MemoryBroker) sweep(now time.Time) {
+	b.lastSweep = now
+	cutoff := now.Add(-b.historyTTL)
+	for name, ch := range b.channels {
+		ch.trim(cutoff)
+		if len(ch.nodes) == 0 && len(ch.history) == 0 {
+			delete(b.channels, name)
+		}
+	}
+}
+
+// trim drops history entries older than cutoff.
+func (ch *memoryChannel) trim(cutoff time.Time) {
+	n := 0
+	for n < len(ch.history) && ch.history[n].at.Before(cutoff) {
+		n++
+	}
+	if n > 0 {
+		ch.history = append(ch.history[:0], ch.history[n:]...)
+	}
+}
+
 func (n *memoryNode) Publish(ctx context.Context, channel string, data []byte) (Position, error) {
 	b := n.broker
 	data = append([]byte(nil), data...)
@@ -136,16 +239,17 @@ func (n *memoryNode) Publish(ctx context.Context, channel string, data []byte) (
 			b.mu.Unlock()
 			return Position{}, ErrClosed
 		}
-		ch := b.channels[channel]
+		ch := b.channel(channel, b.historySize > 0)
 		if ch == nil {
 			b.mu.Unlock()
-			// Nobody follows the channel: the message reaches no one and
-			// its numbering is not kept.
+			// Nobody follows the channel and no history keeps it: the
+			// message reaches no one and its numbering is not kept.
 			return Position{Epoch: newEpoch(), Offset: 1}, nil
 		}
 		if b.roomFor(ch) {
 			ch.pos.Offset++
 			msg := Message{Channel: channel, Data: data, Position: ch.pos}
+			b.remember(ch, msg)
 			for node := range ch.nodes {
 				node.push(msg)
 			}
@@ -164,6 +268,56 @@ func (n *memoryNode) Publish(ctx context.Context, channel string, data []byte) (
 			return Position{}, ctx.Err()
 		}
 	}
+}
+
+// remember adds msg to ch's history. b.mu is held.
+func (b *MemoryBroker) remember(ch *memoryChannel, msg Message) {
+	if b.historySize == 0 {
+		return
+	}
+	if len(ch.history) == b.historySize {
+		copy(ch.history, ch.history[1:])
+		ch.history = ch.history[:len(ch.history)-1]
+	}
+	ch.history = append(ch.history, memoryEntry{msg, b.now()})
+}
+
+func (n *memoryNode) History(ctx context.Context, channel string, since Position) ([]Message, Position, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, Position{}, err
+	}
+	b := n.broker
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if n.isClosed {
+		return nil, Position{}, ErrClosed
+	}
+	ch := b.channel(channel, false)
+	if ch == nil {
+		if since == (Position{}) {
+			return nil, Position{}, nil
+		}
+		return nil, Position{}, ErrUnrecoverable
+	}
+	latest := ch.pos
+	if since == (Position{}) {
+		return nil, latest, nil
+	}
+	if since.Epoch != ch.pos.Epoch || since.Offset > ch.pos.Offset {
+		return nil, latest, ErrUnrecoverable
+	}
+	missing := ch.pos.Offset - since.Offset
+	if missing == 0 {
+		return nil, latest, nil
+	}
+	if missing > uint64(len(ch.history)) {
+		return nil, latest, ErrUnrecoverable
+	}
+	msgs := make([]Message, 0, missing)
+	for _, e := range ch.history[uint64(len(ch.history))-missing:] {
+		msgs = append(msgs, e.msg)
+	}
+	return msgs, latest, nil
 }
 
 // roomFor reports whether every node following ch can queue one more
@@ -198,14 +352,7 @@ func (n *memoryNode) Subscribe(ctx context.Context, channel string) error {
 	if n.isClosed {
 		return ErrClosed
 	}
-	ch := b.channels[channel]
-	if ch == nil {
-		ch = &memoryChannel{
-			pos:   Position{Epoch: newEpoch()},
-			nodes: make(map[*memoryNode]struct{}),
-		}
-		b.channels[channel] = ch
-	}
+	ch := b.channel(channel, true)
 	ch.nodes[n] = struct{}{}
 	n.subs[channel] = struct{}{}
 	return nil
@@ -230,7 +377,7 @@ func (n *memoryNode) unsubscribeLocked(channel string) {
 	delete(n.subs, channel)
 	if ch := b.channels[channel]; ch != nil {
 		delete(ch.nodes, n)
-		if len(ch.nodes) == 0 {
+		if len(ch.nodes) == 0 && len(ch.history) == 0 {
 			delete(b.channels, channel)
 		}
 	}

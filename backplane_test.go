@@ -29,7 +29,7 @@ func receiveN(t *testing.T, bp realtime.Backplane, n int) []realtime.Message {
 
 func TestMemoryBackplaneDeliversToSubscribedNodesInOrder(t *testing.T) {
 	t.Parallel()
-	broker := realtime.NewMemoryBroker()
+	broker := realtime.NewMemoryBroker(nil)
 	a, b, c := broker.Backplane(), broker.Backplane(), broker.Backplane()
 	defer a.Close()
 	defer b.Close()
@@ -76,7 +76,7 @@ func TestMemoryBackplaneDeliversToSubscribedNodesInOrder(t *testing.T) {
 
 func TestMemoryBackplaneUnsubscribeStopsDelivery(t *testing.T) {
 	t.Parallel()
-	broker := realtime.NewMemoryBroker()
+	broker := realtime.NewMemoryBroker(nil)
 	a, b := broker.Backplane(), broker.Backplane()
 	defer a.Close()
 	defer b.Close()
@@ -96,7 +96,7 @@ func TestMemoryBackplaneUnsubscribeStopsDelivery(t *testing.T) {
 
 func TestMemoryBackplaneCopiesPayload(t *testing.T) {
 	t.Parallel()
-	bp := realtime.NewMemoryBackplane()
+	bp := realtime.NewMemoryBackplane(nil)
 	defer bp.Close()
 	ctx := ctxT(t)
 	require.NoError(t, bp.Subscribe(ctx, "x"))
@@ -109,7 +109,7 @@ func TestMemoryBackplaneCopiesPayload(t *testing.T) {
 
 func TestMemoryBackplaneSlowsPublishersInsteadOfDropping(t *testing.T) {
 	t.Parallel()
-	bp := realtime.NewMemoryBackplane()
+	bp := realtime.NewMemoryBackplane(nil)
 	defer bp.Close()
 	ctx := ctxT(t)
 	require.NoError(t, bp.Subscribe(ctx, "x"))
@@ -143,7 +143,7 @@ func TestMemoryBackplaneSlowsPublishersInsteadOfDropping(t *testing.T) {
 
 func TestMemoryBackplaneClose(t *testing.T) {
 	t.Parallel()
-	bp := realtime.NewMemoryBackplane()
+	bp := realtime.NewMemoryBackplane(nil)
 	ctx := ctxT(t)
 	require.NoError(t, bp.Subscribe(ctx, "x"))
 	received := make(chan error, 1)
@@ -159,18 +159,82 @@ func TestMemoryBackplaneClose(t *testing.T) {
 	assert.ErrorIs(t, bp.Subscribe(ctx, "x"), realtime.ErrClosed)
 }
 
-func TestMemoryBackplaneNewEpochAfterIdle(t *testing.T) {
+func TestMemoryBackplaneNumberingOutlivesSubscribersWithHistory(t *testing.T) {
 	t.Parallel()
-	bp := realtime.NewMemoryBackplane()
+	for _, tc := range []struct {
+		name      string
+		opts      *realtime.MemoryOptions
+		sameEpoch bool
+	}{
+		{"history", nil, true},
+		{"no history", &realtime.MemoryOptions{HistorySize: -1}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bp := realtime.NewMemoryBackplane(tc.opts)
+			defer bp.Close()
+			ctx := ctxT(t)
+			require.NoError(t, bp.Subscribe(ctx, "x"))
+			p1, err := bp.Publish(ctx, "x", nil)
+			require.NoError(t, err)
+			require.NoError(t, bp.Unsubscribe(ctx, "x"))
+			require.NoError(t, bp.Subscribe(ctx, "x"))
+			p2, err := bp.Publish(ctx, "x", nil)
+			require.NoError(t, err)
+			if tc.sameEpoch {
+				assert.Equal(t, realtime.Position{Epoch: p1.Epoch, Offset: 2}, p2)
+			} else {
+				assert.NotEqual(t, p1.Epoch, p2.Epoch)
+				assert.Equal(t, uint64(1), p2.Offset)
+			}
+		})
+	}
+}
+
+func TestMemoryBackplaneHistory(t *testing.T) {
+	t.Parallel()
+	bp := realtime.NewMemoryBackplane(&realtime.MemoryOptions{HistorySize: 10})
 	defer bp.Close()
 	ctx := ctxT(t)
-	require.NoError(t, bp.Subscribe(ctx, "x"))
-	p1, err := bp.Publish(ctx, "x", nil)
+
+	// Published with nobody following: kept for recovery all the same.
+	var pos []realtime.Position
+	for i := 1; i <= 15; i++ {
+		p, err := bp.Publish(ctx, "x", []byte(strconv.Itoa(i)))
+		require.NoError(t, err)
+		pos = append(pos, p)
+	}
+	latest := pos[14]
+
+	msgs, got, err := bp.History(ctx, "x", realtime.Position{})
 	require.NoError(t, err)
-	require.NoError(t, bp.Unsubscribe(ctx, "x"))
-	require.NoError(t, bp.Subscribe(ctx, "x"))
-	p2, err := bp.Publish(ctx, "x", nil)
+	assert.Empty(t, msgs)
+	assert.Equal(t, latest, got)
+
+	msgs, got, err = bp.History(ctx, "x", pos[9]) // after 10: 11..15
 	require.NoError(t, err)
-	assert.NotEqual(t, p1.Epoch, p2.Epoch)
-	assert.Equal(t, uint64(1), p2.Offset)
+	assert.Equal(t, latest, got)
+	require.Len(t, msgs, 5)
+	for i, m := range msgs {
+		assert.Equal(t, strconv.Itoa(11+i), string(m.Data))
+		assert.Equal(t, pos[10+i], m.Position)
+	}
+
+	msgs, _, err = bp.History(ctx, "x", latest)
+	require.NoError(t, err)
+	assert.Empty(t, msgs)
+
+	for name, since := range map[string]realtime.Position{
+		"trimmed":      pos[3],
+		"other epoch":  {Epoch: "nope", Offset: 3},
+		"future":       {Epoch: latest.Epoch, Offset: 99},
+		"never issued": {Epoch: "", Offset: 1},
+	} {
+		msgs, got, err := bp.History(ctx, "x", since)
+		assert.ErrorIs(t, err, realtime.ErrUnrecoverable, name)
+		assert.Empty(t, msgs, name)
+		assert.Equal(t, latest, got, name)
+	}
+
+	_, _, err = bp.History(ctx, "unknown", realtime.Position{Epoch: "e", Offset: 1})
+	assert.ErrorIs(t, err, realtime.ErrUnrecoverable)
 }

@@ -93,7 +93,7 @@ func TestReceiveEnforcesSizeForAnyTransport(t *testing.T) {
 	hub, err := realtime.New(&realtime.Options{MaxMessageSize: 100})
 	require.NoError(t, err)
 	defer hub.Close()
-	c, err := hub.Connect(nopTransport{}, realtime.Identity{})
+	c, err := hub.Connect(nopTransport{}, realtime.ConnInfo{})
 	require.NoError(t, err)
 	err = c.Receive(context.Background(), make([]byte, 101))
 	assert.Equal(t, realtime.CloseTooLarge, realtime.CloseCodeOf(err))

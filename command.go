@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
+	"strconv"
 )
 
 // Receive handles one frame the client sent: one command or an array of
@@ -26,11 +28,22 @@ func (c *Conn) Receive(ctx context.Context, frame []byte) error {
 		return ErrClosed
 	}
 	items, err := decodeFrame(frame)
-	if err != nil {
-		c.replyError(0, "", &protocolError{codeBadFrame, err.Error()})
+	switch {
+	case err != nil:
+		c.RejectFrame(err.Error())
+		return c.closedErr()
+	case len(items) > maxCommandsPerFrame:
+		c.RejectFrame("more than " + strconv.Itoa(maxCommandsPerFrame) + " commands in one frame")
 		return c.closedErr()
 	}
+	failed := 0
 	for _, raw := range items {
+		if failed == maxErrorsPerFrame {
+			// One frame must not make the server write much more than it
+			// read: the rest is answered by one error.
+			c.RejectFrame("too many failing commands; the rest of the frame was skipped")
+			break
+		}
 		cmd, perr := decodeCommand(raw)
 		if perr != nil {
 			var id uint64
@@ -38,11 +51,30 @@ func (c *Conn) Receive(ctx context.Context, frame []byte) error {
 				id = cmd.id
 			}
 			c.replyError(id, "", perr)
+			failed++
 			continue
 		}
-		c.run(ctx, cmd)
+		if !c.run(ctx, cmd) {
+			failed++
+		}
+		if c.ctx.Err() != nil {
+			break
+		}
 	}
 	return c.closedErr()
+}
+
+// Limits on one client frame, so that its replies stay in proportion.
+const (
+	maxCommandsPerFrame = 1000
+	maxErrorsPerFrame   = 16
+)
+
+// RejectFrame answers a frame that a transport could not hand to Receive
+// (one of the wrong kind, say) with a "bad_frame" error. The connection
+// stays open.
+func (c *Conn) RejectFrame(reason string) {
+	c.replyError(0, "", &protocolError{codeBadFrame, reason})
 }
 
 func (c *Conn) closedErr() error {
@@ -52,100 +84,126 @@ func (c *Conn) closedErr() error {
 	return nil
 }
 
-// run carries out one command and answers it.
-func (c *Conn) run(ctx context.Context, cmd *command) {
+// run carries out one command and answers it, reporting whether it
+// succeeded.
+func (c *Conn) run(ctx context.Context, cmd *command) bool {
 	switch cmd.Type {
 	case "join":
-		c.runJoin(ctx, cmd)
+		return c.clientJoin(ctx, cmd.Channel, cmd.id, cmd.since())
 	case "leave":
 		if err := c.leave(cmd.Channel, cmd.id); err != nil {
-			c.replyError(cmd.id, cmd.Channel, toProtocolError(err))
+			return c.replyError(cmd.id, cmd.Channel, toProtocolError(err))
 		}
+		return true
 	case "publish":
-		c.runPublish(ctx, cmd)
+		return c.runPublish(ctx, cmd)
 	case "send":
-		c.runSend(ctx, cmd)
+		return c.runSend(ctx, cmd)
 	case "ping":
 		c.enqueue(newMessage("pong", cmd.id).end())
+		return true
 	case "":
-		c.replyError(cmd.id, "", &protocolError{codeBadRequest, "missing type"})
+		return c.replyError(cmd.id, "", &protocolError{codeBadRequest, "missing type"})
 	default:
-		c.replyError(cmd.id, "", &protocolError{codeUnknownType, "unknown command type"})
+		return c.replyError(cmd.id, "", &protocolError{codeUnknownType, "unknown command type"})
 	}
 }
 
-func (c *Conn) runJoin(ctx context.Context, cmd *command) {
-	if err := c.hub.checkChannel(cmd.Channel); err != nil {
-		c.replyError(cmd.id, cmd.Channel, toProtocolError(err))
-		return
+// clientJoin joins a channel at the client's request, as the authorisation
+// hook allows, answering with "joined" or an error.
+func (c *Conn) clientJoin(ctx context.Context, channel string, id uint64, since *Position) bool {
+	if err := c.hub.checkChannel(channel); err != nil {
+		return c.replyError(id, channel, toProtocolError(err))
 	}
 	if authorize := c.hub.opts.AuthorizeJoin; authorize != nil {
-		if err := authorize(ctx, c, cmd.Channel); err != nil {
-			c.replyError(cmd.id, cmd.Channel, &protocolError{codeForbidden, err.Error()})
-			return
+		if err := authorize(ctx, c, channel); err != nil {
+			return c.replyError(id, channel, &protocolError{codeForbidden, err.Error()})
 		}
 	}
-	if err := c.join(ctx, cmd.Channel, cmd.id); err != nil {
-		c.replyError(cmd.id, cmd.Channel, toProtocolError(err))
+	if err := c.join(ctx, channel, id, since); err != nil {
+		return c.replyError(id, channel, toProtocolError(err))
 	}
+	return true
 }
 
-func (c *Conn) runPublish(ctx context.Context, cmd *command) {
+// Resume joins again, at the client's request, every channel of a cursor
+// that a client handed back after reconnecting (see [Frame.Cursor]),
+// recovering what it missed since. Each channel is answered like a join
+// command with a position: "joined" with "recovered" true and the missed
+// messages, "recovered" false when they are gone, or an error (a channel
+// the client may no longer join is refused as a join would be).
+// Transports call it right after Connect. It returns an error, and joins
+// nothing, when the cursor is malformed.
+func (c *Conn) Resume(ctx context.Context, cursor string) error {
+	positions, err := parseCursor(cursor, c.hub.opts.MaxChannels)
+	if err != nil {
+		c.replyError(0, "", &protocolError{codeBadRequest, "bad cursor: " + err.Error()})
+		return err
+	}
+	names := make([]string, 0, len(positions))
+	for name := range positions {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		pos := positions[name]
+		c.clientJoin(ctx, name, 0, &pos)
+	}
+	return nil
+}
+
+func (c *Conn) runPublish(ctx context.Context, cmd *command) bool {
 	data, perr := cmd.payload()
 	if perr != nil {
-		c.replyError(cmd.id, cmd.Channel, perr)
-		return
+		return c.replyError(cmd.id, cmd.Channel, perr)
 	}
 	if err := c.hub.checkChannel(cmd.Channel); err != nil {
-		c.replyError(cmd.id, cmd.Channel, toProtocolError(err))
-		return
+		return c.replyError(cmd.id, cmd.Channel, toProtocolError(err))
 	}
 	if authorize := c.hub.opts.AuthorizePublish; authorize != nil {
 		if err := authorize(ctx, c, cmd.Channel, data); err != nil {
-			c.replyError(cmd.id, cmd.Channel, &protocolError{codeForbidden, err.Error()})
-			return
+			return c.replyError(cmd.id, cmd.Channel, &protocolError{codeForbidden, err.Error()})
 		}
 	} else if !c.isMember(cmd.Channel) {
-		c.replyError(cmd.id, cmd.Channel, &protocolError{codeForbidden, "publish to a channel you have not joined"})
-		return
+		return c.replyError(cmd.id, cmd.Channel, &protocolError{codeForbidden, "publish to a channel you have not joined"})
 	}
 	pos, err := c.hub.Publish(ctx, cmd.Channel, data)
 	if err != nil {
-		c.replyError(cmd.id, cmd.Channel, toProtocolError(err))
-		return
+		return c.replyError(cmd.id, cmd.Channel, toProtocolError(err))
 	}
 	if cmd.id != 0 {
 		c.enqueue(newMessage("ack", cmd.id).str("channel", cmd.Channel).position(pos).end())
 	}
+	return true
 }
 
-func (c *Conn) runSend(ctx context.Context, cmd *command) {
+func (c *Conn) runSend(ctx context.Context, cmd *command) bool {
 	data, perr := cmd.payload()
 	if perr != nil {
-		c.replyError(cmd.id, "", perr)
-		return
+		return c.replyError(cmd.id, "", perr)
 	}
 	onMessage := c.hub.opts.OnMessage
 	if onMessage == nil {
-		c.replyError(cmd.id, "", &protocolError{codeForbidden, "this server accepts no messages"})
-		return
+		return c.replyError(cmd.id, "", &protocolError{codeForbidden, "this server accepts no messages"})
 	}
 	if err := onMessage(ctx, c, data); err != nil {
-		c.replyError(cmd.id, "", &protocolError{codeForbidden, err.Error()})
-		return
+		return c.replyError(cmd.id, "", &protocolError{codeForbidden, err.Error()})
 	}
 	if cmd.id != 0 {
 		c.enqueue(newMessage("ack", cmd.id).end())
 	}
+	return true
 }
 
-func (c *Conn) replyError(id uint64, channel string, e *protocolError) {
+// replyError answers a failed command; it returns false, for run.
+func (c *Conn) replyError(id uint64, channel string, e *protocolError) bool {
 	if c.log.Enabled(context.Background(), slog.LevelDebug) {
 		c.log.Debug("realtime command failed",
 			slog.String("code", e.code), slog.String("channel", channel),
 			slog.String("message", e.message))
 	}
 	c.enqueue(encodeError(id, channel, e))
+	return false
 }
 
 // toProtocolError maps an error of the hub to the code a client sees.

@@ -23,10 +23,11 @@ type Transport interface {
 	// logs and reported by Conn.Transport.
 	Name() string
 
-	// Write sends one server frame: a JSON array of messages (see
-	// PROTOCOL.md). frame is valid only during the call. Write returns
-	// when ctx ends, with an error. An error closes the connection.
-	Write(ctx context.Context, frame []byte) error
+	// Write sends one server frame (see [Frame]). The frame is valid only
+	// during the call. Write returns when ctx ends, with an error. An
+	// error closes the connection, with the code of a CloseError in its
+	// chain, or CloseAbnormal.
+	Write(ctx context.Context, f Frame) error
 
 	// Close ends the connection, telling the client code and reason where
 	// the transport has a way to. It may be called while a Write is in
@@ -50,10 +51,13 @@ type Conn struct {
 	identity Identity
 	log      *slog.Logger
 
-	// ctx lives as long as the connection; cancel aborts a write in
-	// progress when the connection closes at once.
-	ctx    context.Context
-	cancel context.CancelFunc
+	// ctx ends when the connection starts closing. writeCtx ends when
+	// writing must stop: at once for an immediate close, after the flush
+	// for a graceful one.
+	ctx         context.Context
+	cancel      context.CancelFunc
+	writeCtx    context.Context
+	writeCancel context.CancelFunc
 
 	// memberMu serialises this connection's joins and leaves, including
 	// backplane I/O, so that membership cannot change while the
@@ -63,8 +67,8 @@ type Conn struct {
 	// mu guards the membership set, the queue and the close state.
 	mu       sync.Mutex
 	channels map[string]struct{}
-	queue    [][]byte
-	spare    [][]byte
+	queue    []item
+	spare    []item
 	queued   int
 	lagged   map[string]struct{}
 	closing  bool
@@ -79,39 +83,59 @@ type Conn struct {
 // maxFrame bounds how many bytes of queued messages one frame coalesces.
 const maxFrame = 64 << 10
 
-// Connect registers a new connection whose frames travel over t, on
-// behalf of id. It queues the welcome message, starts the connection's
-// writer goroutine and calls Options.OnConnect. The transport must then
-// pass every client frame to [Conn.Receive] and call [Conn.Close] when the
-// client goes away; the writer ends when the connection closes.
+// ConnInfo describes a connection a transport hands to [Hub.Connect].
+type ConnInfo struct {
+	// Identity is who the connection belongs to, usually from
+	// [Hub.Admit].
+	Identity Identity
+
+	// Session, if not empty, is the secret with which the client addresses
+	// this connection in later requests (the SSE and long-poll transports
+	// take commands by separate POSTs). It is sent to the client in the
+	// welcome message only.
+	Session string
+}
+
+// Connect registers a new connection whose frames travel over t. It
+// queues the welcome message, starts the connection's writer goroutine
+// and calls Options.OnConnect. The transport must then pass every client
+// frame to [Conn.Receive] and call [Conn.Close] when the client goes away;
+// the writer ends when the connection closes.
 //
 // Connect returns ErrClosed when the hub is shutting down.
-func (h *Hub) Connect(t Transport, id Identity) (*Conn, error) {
+func (h *Hub) Connect(t Transport, info ConnInfo) (*Conn, error) {
 	ctx, cancel := context.WithCancel(context.Background())
+	writeCtx, writeCancel := context.WithCancel(context.Background())
 	c := &Conn{
-		hub:        h,
-		t:          t,
-		id:         newConnID(),
-		identity:   id,
-		ctx:        ctx,
-		cancel:     cancel,
-		channels:   make(map[string]struct{}),
-		wake:       make(chan struct{}, 1),
-		writerDone: make(chan struct{}),
-		done:       make(chan struct{}),
+		hub:         h,
+		t:           t,
+		id:          newConnID(),
+		identity:    info.Identity,
+		ctx:         ctx,
+		cancel:      cancel,
+		writeCtx:    writeCtx,
+		writeCancel: writeCancel,
+		channels:    make(map[string]struct{}),
+		wake:        make(chan struct{}, 1),
+		writerDone:  make(chan struct{}),
+		done:        make(chan struct{}),
 	}
 	c.log = h.log.With(slog.String("conn", c.id), slog.String("transport", t.Name()))
 	if err := h.addConn(c); err != nil {
 		cancel()
+		writeCancel()
 		return nil, err
 	}
-	c.enqueue(newMessage("welcome", 0).
+	welcome := newMessage("welcome", 0).
 		str("conn", c.id).
 		uint("protocol", protocolVersion).
-		uint("maxMessageSize", uint64(h.opts.MaxMessageSize)).
-		end())
+		uint("maxMessageSize", uint64(h.opts.MaxMessageSize))
+	if info.Session != "" {
+		welcome = welcome.str("session", info.Session)
+	}
+	c.enqueue(welcome.end())
 	go c.write()
-	c.log.Debug("realtime conn opened", slog.String("user", id.UserID))
+	c.log.Debug("realtime conn opened", slog.String("user", info.Identity.UserID))
 	if h.opts.OnConnect != nil {
 		h.opts.OnConnect(c)
 	}
@@ -128,7 +152,7 @@ func (c *Conn) Identity() Identity { return c.identity }
 func (c *Conn) Transport() string { return c.t.Name() }
 
 // Context returns a context that ends when the connection starts
-// closing. Transports read under it.
+// closing. Work done for the connection, such as a hook's, can stop then.
 func (c *Conn) Context() context.Context { return c.ctx }
 
 // Done returns a channel that is closed once the connection has ended:
@@ -176,7 +200,7 @@ func (c *Conn) Send(data []byte) error {
 // "joined" message. Joining a channel the connection is in already only
 // repeats that message.
 func (c *Conn) Join(ctx context.Context, channel string) error {
-	return c.join(ctx, channel, 0)
+	return c.join(ctx, channel, 0, nil)
 }
 
 // Leave takes the connection out of channel at the application's request.
@@ -186,14 +210,23 @@ func (c *Conn) Leave(channel string) error {
 	return c.leave(channel, 0)
 }
 
-// Close closes the connection: it stops queueing, writes what is queued
-// already (within Options.WriteTimeout), and then has the transport end
-// the connection with code and reason. Close does not wait for that; use
-// Done. Applications normally pass CloseDisconnected or CloseNormal.
-// Transports call Close with the code they observed when the client goes
-// away. Only the first call's code and reason count.
+// Close closes the connection gracefully: it stops taking commands and
+// queueing messages, writes what is queued already (each write bounded by
+// Options.WriteTimeout), and then has the transport end the connection
+// with code and reason. Close does not wait for that; use Done.
+// Applications normally pass CloseDisconnected or CloseNormal. Only the
+// first close's code and reason count.
 func (c *Conn) Close(code CloseCode, reason string) error {
 	c.close(CloseError{code, reason}, true)
+	return nil
+}
+
+// CloseNow closes the connection at once, dropping what is queued: for a
+// peer that is gone or cannot keep up. Transports call it with the code
+// they observed (CloseAbnormal for a broken connection, ClosePingTimeout
+// for a silent one). A graceful close in progress is cut short.
+func (c *Conn) CloseNow(code CloseCode, reason string) error {
+	c.close(CloseError{code, reason}, false)
 	return nil
 }
 
@@ -206,7 +239,7 @@ func (c *Conn) close(reason CloseError, graceful bool) {
 	if c.closing {
 		if c.graceful && !graceful {
 			c.graceful = false
-			c.cancel()
+			c.writeCancel()
 			c.signal()
 		}
 		return
@@ -214,7 +247,10 @@ func (c *Conn) close(reason CloseError, graceful bool) {
 	c.closing = true
 	c.graceful = graceful
 	c.reason = reason
+	c.cancel()
 	if !graceful {
+		// finish has the transport close, which ends a write in progress
+		// while still telling the client why where it can.
 		c.queue, c.queued = nil, 0
 	}
 	c.signal()
@@ -230,12 +266,11 @@ func (c *Conn) finish() {
 	graceful, reason := c.graceful, c.reason
 	c.mu.Unlock()
 	if !graceful {
-		c.closeTransport(reason)
-		c.cancel()
+		c.closeTransport(reason) // unblocks a write in progress
 	}
 	<-c.writerDone
 	c.closeTransport(reason)
-	c.cancel()
+	c.writeCancel()
 
 	level := slog.LevelDebug
 	if reason.Code == CloseSlowConsumer {
@@ -256,10 +291,11 @@ func (c *Conn) closeTransport(reason CloseError) {
 	}
 }
 
-// leaveAll takes the connection out of every channel, for good.
+// leaveAll takes the connection out of every channel, for good. The
+// OnLeave hooks run after, outside memberMu, so that they may call Join
+// or Leave (which then fail with ErrClosed).
 func (c *Conn) leaveAll() {
 	c.memberMu.Lock()
-	defer c.memberMu.Unlock()
 	c.mu.Lock()
 	names := make([]string, 0, len(c.channels))
 	for name := range c.channels {
@@ -267,18 +303,33 @@ func (c *Conn) leaveAll() {
 	}
 	clear(c.channels)
 	c.mu.Unlock()
-
 	for _, name := range names {
 		c.hub.removeMember(c, name, nil)
-		if c.hub.opts.OnLeave != nil {
+	}
+	c.memberMu.Unlock()
+
+	if c.hub.opts.OnLeave != nil {
+		for _, name := range names {
 			c.hub.opts.OnLeave(c, name)
 		}
 	}
 }
 
-func (c *Conn) join(ctx context.Context, name string, id uint64) error {
+// join makes the connection a member of name. With since, it recovers
+// the messages after it (see Hub.addMember).
+func (c *Conn) join(ctx context.Context, name string, id uint64, since *Position) error {
+	joined, err := c.joinLocked(ctx, name, id, since)
+	if joined && c.hub.opts.OnJoin != nil {
+		c.hub.opts.OnJoin(c, name)
+	}
+	return err
+}
+
+// joinLocked does the work of join under memberMu, reporting whether the
+// connection became a member.
+func (c *Conn) joinLocked(ctx context.Context, name string, id uint64, since *Position) (bool, error) {
 	if err := c.hub.checkChannel(name); err != nil {
-		return err
+		return false, err
 	}
 	c.memberMu.Lock()
 	defer c.memberMu.Unlock()
@@ -290,41 +341,37 @@ func (c *Conn) join(ctx context.Context, name string, id uint64) error {
 	c.mu.Unlock()
 	switch {
 	case closing:
-		return ErrClosed
-	case !member && count >= c.hub.opts.MaxChannels:
-		return ErrTooManyChannels
+		return false, ErrClosed
+	case member:
+		c.hub.confirmMember(c, name, id)
+		return false, nil
+	case count >= c.hub.opts.MaxChannels:
+		return false, ErrTooManyChannels
 	}
 
-	err := c.hub.addMember(ctx, c, name, func(last Position) []byte {
-		return newMessage("joined", id).str("channel", name).position(last).end()
-	})
-	if err != nil {
-		return err
-	}
-	if member {
-		return nil
+	if err := c.hub.addMember(ctx, c, name, id, since); err != nil {
+		return false, err
 	}
 	c.mu.Lock()
 	c.channels[name] = struct{}{}
 	c.mu.Unlock()
-	if c.hub.opts.OnJoin != nil {
-		c.hub.opts.OnJoin(c, name)
-	}
-	return nil
+	return true, nil
 }
 
 func (c *Conn) leave(name string, id uint64) error {
 	c.memberMu.Lock()
-	defer c.memberMu.Unlock()
-
 	c.mu.Lock()
 	_, member := c.channels[name]
 	delete(c.channels, name)
 	c.mu.Unlock()
+	if member {
+		c.hub.removeMember(c, name, newMessage("left", id).str("channel", name).end())
+	}
+	c.memberMu.Unlock()
+
 	if !member {
 		return ErrNotJoined
 	}
-	c.hub.removeMember(c, name, newMessage("left", id).str("channel", name).end())
 	if c.hub.opts.OnLeave != nil {
 		c.hub.opts.OnLeave(c, name)
 	}
@@ -339,147 +386,14 @@ func (c *Conn) isMember(name string) bool {
 	return ok
 }
 
-// enqueue queues a message that is not a channel message (a reply, a
-// direct message). Under every policy, one that does not fit closes the
-// connection: such messages answer the client and cannot be dropped.
-func (c *Conn) enqueue(m []byte) bool {
-	return c.push(m, "")
-}
-
-// enqueueMessage queues a message of channel. It never blocks.
-func (c *Conn) enqueueMessage(channel string, m []byte) {
-	c.push(m, channel)
-}
-
-func (c *Conn) push(m []byte, channel string) bool {
-	ok, slow := c.tryPush(m, channel)
-	if slow {
-		c.close(CloseError{CloseSlowConsumer, "slow consumer: outbound queue full"}, false)
-	}
-	return ok
-}
-
-// tryPush queues m, reporting whether it did and whether the queue
-// overflowed under a policy that disconnects.
-func (c *Conn) tryPush(m []byte, channel string) (ok, slow bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closing {
-		return false, false
-	}
-	if _, lagged := c.lagged[channel]; lagged && channel != "" {
-		gap := newMessage("gap", 0).str("channel", channel).end()
-		if !c.fits(len(gap) + len(m)) {
-			return false, false
-		}
-		delete(c.lagged, channel)
-		c.append(gap)
-	}
-	if c.fits(len(m)) {
-		c.append(m)
-		return true, false
-	}
-	if channel == "" || c.hub.opts.SlowConsumer != DropMessages {
-		return false, true
-	}
-	if c.lagged == nil {
-		c.lagged = make(map[string]struct{})
-	}
-	c.lagged[channel] = struct{}{}
-	return false, false
-}
-
-func (c *Conn) fits(n int) bool {
-	o := &c.hub.opts
-	return len(c.queue) < o.QueueMessages && c.queued+n <= o.QueueBytes
-}
-
-func (c *Conn) append(m []byte) {
-	c.queue = append(c.queue, m)
-	c.queued += len(m)
-	if len(c.queue) == 1 {
-		c.signal()
-	}
-}
-
-// signal wakes the writer. c.mu is held.
-func (c *Conn) signal() {
-	select {
-	case c.wake <- struct{}{}:
-	default:
-	}
-}
-
-// write is the connection's writer goroutine: the only caller of the
-// transport's Write. It coalesces what is queued into frames.
-func (c *Conn) write() {
-	defer close(c.writerDone)
-	var frame []byte
-	for {
-		batch, ok := c.next()
-		if !ok {
-			return
-		}
-		frame = appendFrame(frame[:0], batch)
-		clear(batch)
-		c.mu.Lock()
-		c.spare = batch[:0]
-		c.mu.Unlock()
-
-		ctx, cancel := context.WithTimeout(c.ctx, c.hub.opts.WriteTimeout)
-		err := c.t.Write(ctx, frame)
-		cancel()
-		if err != nil {
-			c.close(CloseError{CloseAbnormal, "write failed: " + err.Error()}, false)
-			return
-		}
-		if cap(frame) > 4*maxFrame {
-			frame = nil // do not keep a rare huge buffer
-		}
-	}
-}
-
-// next waits for queued messages and takes up to a frame's worth. It
-// reports false when the writer should stop.
-func (c *Conn) next() ([][]byte, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for len(c.queue) == 0 && len(c.lagged) == 0 {
-		if c.closing {
-			return nil, false
-		}
-		c.mu.Unlock()
-		<-c.wake
-		c.mu.Lock()
-	}
-	if c.closing && !c.graceful {
-		return nil, false
-	}
-
-	n, size := 0, 0
-	for n < len(c.queue) && (n == 0 || size+len(c.queue[n]) <= maxFrame) {
-		size += len(c.queue[n])
-		n++
-	}
-	batch := append(c.spare[:0], c.queue[:n]...)
-	c.spare = nil
-	rest := copy(c.queue, c.queue[n:])
-	clear(c.queue[rest:])
-	c.queue = c.queue[:rest]
-	c.queued -= size
-	if len(c.queue) == 0 {
-		// Channels that lost messages and got none since hear of it now.
-		for name := range c.lagged {
-			batch = append(batch, newMessage("gap", 0).str("channel", name).end())
-		}
-		clear(c.lagged)
-	}
-	return batch, true
-}
-
 // newConnID returns a random, unguessable connection ID.
 func newConnID() string {
-	var b [12]byte
-	rand.Read(b[:])
-	return base64.RawURLEncoding.EncodeToString(b[:])
+	return randomToken(12)
+}
+
+// randomToken returns n random bytes, base64url-encoded.
+func randomToken(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
 }

@@ -32,6 +32,11 @@ var (
 	// ErrNotJoined reports a leave from a channel the Conn is not in.
 	ErrNotJoined = errors.New("realtime: not joined")
 
+	// ErrUnrecoverable reports that a backplane cannot return every message
+	// of a channel after a position: its history no longer reaches back
+	// that far, or the channel's numbering restarted.
+	ErrUnrecoverable = errors.New("realtime: history cannot recover the messages")
+
 	// ErrTooLarge reports a payload larger than Options.MaxMessageSize.
 	ErrTooLarge = errors.New("realtime: payload too large")
 )

@@ -246,7 +246,7 @@ func TestF04VanishedClientsAreDropped(t *testing.T) {
 	const interval, timeout = 300 * time.Millisecond, 600 * time.Millisecond
 	th := newTestHub(t, nil, &realtime.WebSocketOptions{PingInterval: interval, PongTimeout: timeout})
 	hole := newBlackhole(t, strings.TrimPrefix(th.srv.URL, "http://"))
-	holeURL := "ws://" + hole.addr() + "/ws"
+	holeURL := "ws://" + hole.addr() + "/rt/ws"
 
 	type peer struct {
 		ws  *websocket.Conn

@@ -18,21 +18,44 @@ import (
 	"github.com/realtimekit/realtime/client"
 )
 
-// testHub is a hub behind a real HTTP server on loopback.
+// testHub is a hub behind a real HTTP server on loopback, with every
+// transport mounted under /rt/ by NewHandler.
 type testHub struct {
 	*realtime.Hub
-	srv *httptest.Server
-	url string // ws:// URL of the WebSocket endpoint
+	srv  *httptest.Server
+	base string // http:// URL of the mount point, with a trailing slash
+	url  string // ws:// URL of the WebSocket endpoint
+
+	// transport is what dial uses unless its options say otherwise.
+	transport string
 
 	mu          sync.Mutex
 	disconnects map[string]realtime.CloseError
 }
 
-// newTestHub starts a hub with opts and ws mounted at /ws. Cleanup closes
-// it and the server.
+// transports are the transports every behaviour test runs over.
+var transports = []string{client.WebSocket, client.SSE, client.LongPoll}
+
+// forEachTransport runs f as a parallel subtest per transport.
+func forEachTransport(t *testing.T, f func(t *testing.T, transport string)) {
+	for _, tr := range transports {
+		t.Run(tr, func(t *testing.T) {
+			t.Parallel()
+			f(t, tr)
+		})
+	}
+}
+
+// newTestHub starts a hub with opts, its transports mounted under /rt/
+// (the WebSocket one with ws). Cleanup closes it and the server.
 func newTestHub(t testing.TB, opts *realtime.Options, ws *realtime.WebSocketOptions) *testHub {
 	t.Helper()
-	th := &testHub{disconnects: make(map[string]realtime.CloseError)}
+	return newTestHubWith(t, opts, &realtime.HandlerOptions{WebSocket: ws})
+}
+
+func newTestHubWith(t testing.TB, opts *realtime.Options, hopts *realtime.HandlerOptions) *testHub {
+	t.Helper()
+	th := &testHub{disconnects: make(map[string]realtime.CloseError), transport: client.WebSocket}
 	var o realtime.Options
 	if opts != nil {
 		o = *opts
@@ -50,14 +73,32 @@ func newTestHub(t testing.TB, opts *realtime.Options, ws *realtime.WebSocketOpti
 	require.NoError(t, err)
 	th.Hub = hub
 	mux := http.NewServeMux()
-	mux.Handle("/ws", realtime.NewWebSocketHandler(hub, ws))
+	mux.Handle("/rt/", realtime.NewHandler(hub, hopts))
 	th.srv = httptest.NewServer(mux)
-	th.url = "ws" + strings.TrimPrefix(th.srv.URL, "http") + "/ws"
+	th.base = th.srv.URL + "/rt/"
+	th.url = "ws" + strings.TrimPrefix(th.base, "http") + "ws"
 	t.Cleanup(func() {
 		require.NoError(t, hub.Close())
 		th.srv.Close()
 	})
 	return th
+}
+
+// over returns th dialling with transport by default.
+func (th *testHub) over(transport string) *testHub {
+	th.transport = transport
+	return th
+}
+
+// endpoint returns the URL of a transport's endpoint.
+func (th *testHub) endpoint(transport string) string {
+	switch transport {
+	case client.SSE:
+		return th.base + "sse"
+	case client.LongPoll:
+		return th.base + "poll"
+	}
+	return th.url
 }
 
 // disconnect returns why the connection with id ended, once it has.
@@ -68,12 +109,20 @@ func (th *testHub) disconnect(id string) (realtime.CloseError, bool) {
 	return r, ok
 }
 
-// dial connects a Go client; cleanup closes it.
+// dial connects a Go client over th's transport (or the one opts names);
+// cleanup closes it.
 func (th *testHub) dial(t testing.TB, opts *client.Options) *client.Client {
 	t.Helper()
+	var o client.Options
+	if opts != nil {
+		o = *opts
+	}
+	if o.Transport == "" {
+		o.Transport = th.transport
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := client.Dial(ctx, th.url, opts)
+	c, err := client.Dial(ctx, th.endpoint(o.Transport), &o)
 	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
 	return c

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 )
@@ -51,6 +52,9 @@ type channel struct {
 	mu sync.Mutex
 	// members is replaced, never changed in place.
 	members []*Conn
+	// pending holds the messages for members whose join is still reading
+	// history, in order; they are queued once it is read.
+	pending map[*Conn][]Message
 	// last is the position of the last message delivered here.
 	last Position
 }
@@ -63,7 +67,7 @@ func New(opts *Options) (*Hub, error) {
 		return nil, err
 	}
 	if o.Backplane == nil {
-		o.Backplane = NewMemoryBackplane()
+		o.Backplane = NewMemoryBackplane(nil)
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	h := &Hub{
@@ -107,6 +111,10 @@ func (h *Hub) Publish(ctx context.Context, channel string, data []byte) (Positio
 	return pos, nil
 }
 
+// MaxMessageSize returns the largest frame a client may send and the
+// largest payload anyone may publish (Options.MaxMessageSize).
+func (h *Hub) MaxMessageSize() int { return h.opts.MaxMessageSize }
+
 // Conn returns the connection with the given ID on this node, or nil.
 func (h *Hub) Conn(id string) *Conn {
 	h.mu.RLock()
@@ -139,25 +147,27 @@ func (h *Hub) Members(channel string) []*Conn {
 }
 
 // Shutdown stops the hub gracefully. It refuses new connections and
-// publishes, tells every connection that the server is going away
+// publishes, delivers to local members what the backplane has already
+// taken, tells every connection that the server is going away
 // (CloseGoingAway) after writing what was queued for it, and waits until
 // all of them have ended. Then it stops its goroutines and closes the
-// backplane. If ctx ends first, Shutdown closes what remains at once, as
-// Close does, and returns ctx.Err(). Shutdown may be called more than
-// once and together with Close.
+// backplane. If ctx ends first, Shutdown closes the remaining connections
+// at once and returns ctx.Err() without waiting for them; Close then
+// waits. Shutdown may be called more than once and together with Close.
 //
 // http.Server.Shutdown does not wait for hijacked or streaming
 // connections: call Hub.Shutdown first, or from
 // http.Server.RegisterOnShutdown.
 func (h *Hub) Shutdown(ctx context.Context) error {
+	if h.setClosing() {
+		h.drain(ctx)
+	}
 	h.closeConns(true)
 	select {
 	case <-h.connsDone:
 		return h.finish()
 	case <-ctx.Done():
 		h.closeConns(false)
-		<-h.connsDone
-		h.finish()
 		return ctx.Err()
 	}
 }
@@ -167,20 +177,51 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 // the hub's goroutines and those of its connections, which transports
 // bound in time, and then closes the backplane.
 func (h *Hub) Close() error {
+	h.setClosing()
 	h.closeConns(false)
 	<-h.connsDone
 	return h.finish()
 }
 
-func (h *Hub) closeConns(graceful bool) {
+// setClosing refuses new connections and publishes from now on. It
+// reports whether this call did it.
+func (h *Hub) setClosing() bool {
 	h.mu.Lock()
-	if !h.closing {
-		h.closing = true
-		h.log.Info("realtime hub shutting down", slog.Int("conns", len(h.conns)))
-		if len(h.conns) == 0 {
-			close(h.connsDone)
+	defer h.mu.Unlock()
+	if h.closing {
+		return false
+	}
+	h.closing = true
+	h.log.Info("realtime hub shutting down", slog.Int("conns", len(h.conns)))
+	if len(h.conns) == 0 {
+		close(h.connsDone)
+	}
+	return true
+}
+
+// drain stops the receive loop and delivers what the backplane still
+// holds for this node, so that a message whose publish returned before
+// Shutdown reaches the local members before they are told to go. It ends
+// after a short quiet spell, or with ctx.
+func (h *Hub) drain(ctx context.Context) {
+	h.stop()
+	h.loops.Wait()
+	const quiet = 20 * time.Millisecond
+	for ctx.Err() == nil {
+		rctx, cancel := context.WithTimeout(ctx, quiet)
+		msgs, err := h.bp.Receive(rctx)
+		cancel()
+		if err != nil {
+			return
+		}
+		for _, m := range msgs {
+			h.deliver(m)
 		}
 	}
+}
+
+func (h *Hub) closeConns(graceful bool) {
+	h.mu.Lock()
 	conns := make([]*Conn, 0, len(h.conns))
 	for _, c := range h.conns {
 		conns = append(conns, c)
@@ -238,13 +279,21 @@ func (h *Hub) deliver(m Message) {
 	if ch == nil {
 		return
 	}
-	frame := encodePublication(m)
+	it := item{data: encodePublication(m), kind: itemMessage, channel: m.Channel, pos: m.Position}
 
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
 	ch.last = m.Position
 	for _, c := range ch.members {
-		c.enqueueMessage(m.Channel, frame)
+		if buf, joining := ch.pending[c]; joining {
+			if len(buf) >= h.opts.QueueMessages {
+				c.close(CloseError{CloseSlowConsumer, "slow consumer: backlog while joining"}, false)
+				continue
+			}
+			ch.pending[c] = append(buf, m)
+			continue
+		}
+		c.push(it)
 	}
 }
 
@@ -278,9 +327,89 @@ func (h *Hub) subLock(channel string) *sync.Mutex {
 }
 
 // addMember makes c a member of name, subscribing the backplane if c is
-// the channel's first local member. reply, built with the channel's last
-// position, is queued for c in order with the channel's messages.
-func (h *Hub) addMember(ctx context.Context, c *Conn, name string, reply func(Position) []byte) error {
+// the channel's first local member, and queues its "joined" reply. With
+// since, the messages after it follow the reply if the backplane still
+// has them all; the reply says whether it did. Messages published while
+// the history is read are held and queued after it, each exactly once.
+func (h *Hub) addMember(ctx context.Context, c *Conn, name string, id uint64, since *Position) error {
+	ch, err := h.follow(ctx, c, name)
+	if err != nil {
+		return err
+	}
+
+	var from Position
+	if since != nil {
+		from = *since
+	}
+	history, latest, herr := h.bp.History(ctx, name, from)
+	if since != nil && since.Epoch == "" {
+		// A client that never learnt the channel's epoch cannot tell what
+		// it missed.
+		herr = ErrUnrecoverable
+	}
+	if herr != nil && !errors.Is(herr, ErrUnrecoverable) {
+		h.log.Warn("realtime backplane history failed",
+			slog.String("channel", name), slog.Any("err", herr))
+	}
+
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	held, joining := ch.pending[c]
+	if !joining {
+		return ErrClosed // removed while reading history
+	}
+	delete(ch.pending, c)
+	if latest == (Position{}) {
+		latest = ch.last
+	}
+
+	reply := newMessage("joined", id).str("channel", name)
+	start := latest
+	switch {
+	case since == nil:
+		reply = reply.position(start)
+	case herr == nil:
+		start = *since
+		reply = reply.position(start).boolean("recovered", true)
+	default:
+		reply = reply.position(start).boolean("recovered", false)
+	}
+	c.push(item{data: reply.end(), kind: itemJoined, channel: name, pos: start})
+	for _, m := range history {
+		if after(m.Position, start) {
+			c.push(item{data: encodePublication(m), kind: itemMessage, channel: name, pos: m.Position})
+			start = m.Position
+		}
+	}
+	for _, m := range held {
+		if after(m.Position, start) {
+			c.push(item{data: encodePublication(m), kind: itemMessage, channel: name, pos: m.Position})
+			start = m.Position
+		}
+	}
+	return nil
+}
+
+// confirmMember repeats the "joined" reply for a connection that is a
+// member of name already.
+func (h *Hub) confirmMember(c *Conn, name string, id uint64) {
+	h.mu.RLock()
+	ch := h.channels[name]
+	h.mu.RUnlock()
+	if ch == nil {
+		return
+	}
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	c.push(item{
+		data: newMessage("joined", id).str("channel", name).position(ch.last).end(),
+		kind: itemJoined, channel: name, pos: ch.last,
+	})
+}
+
+// follow adds c to name's members, with deliveries held for it, and
+// subscribes the backplane for the channel's first local member.
+func (h *Hub) follow(ctx context.Context, c *Conn, name string) (*channel, error) {
 	l := h.subLock(name)
 	l.Lock()
 	defer l.Unlock()
@@ -290,9 +419,9 @@ func (h *Hub) addMember(ctx context.Context, c *Conn, name string, reply func(Po
 	h.mu.RUnlock()
 	if ch == nil {
 		if err := h.bp.Subscribe(ctx, name); err != nil {
-			return fmt.Errorf("realtime: subscribe: %w", err)
+			return nil, fmt.Errorf("realtime: subscribe: %w", err)
 		}
-		ch = &channel{}
+		ch = &channel{pending: make(map[*Conn][]Message)}
 		h.mu.Lock()
 		h.channels[name] = ch
 		h.mu.Unlock()
@@ -300,11 +429,19 @@ func (h *Hub) addMember(ctx context.Context, c *Conn, name string, reply func(Po
 
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
-	members := make([]*Conn, len(ch.members), len(ch.members)+1)
-	copy(members, ch.members)
-	ch.members = append(members, c)
-	c.enqueue(reply(ch.last))
-	return nil
+	if !slices.Contains(ch.members, c) {
+		members := make([]*Conn, len(ch.members), len(ch.members)+1)
+		copy(members, ch.members)
+		ch.members = append(members, c)
+	}
+	ch.pending[c] = nil
+	return ch, nil
+}
+
+// after reports whether p comes after q in a channel: a later offset of
+// the same epoch, or another epoch (the numbering restarted), or q unknown.
+func after(p, q Position) bool {
+	return p.Epoch != q.Epoch || p.Offset > q.Offset
 }
 
 // removeMember takes c out of name, unsubscribing the backplane after the
@@ -330,8 +467,9 @@ func (h *Hub) removeMember(c *Conn, name string, reply []byte) {
 		}
 	}
 	ch.members = members
+	delete(ch.pending, c)
 	if reply != nil {
-		c.enqueue(reply)
+		c.push(item{data: reply, kind: itemLeft, channel: name})
 	}
 	ch.mu.Unlock()
 

@@ -23,146 +23,158 @@ import (
 
 func TestPublishReachesEveryMemberInOrder(t *testing.T) {
 	t.Parallel()
-	th := newTestHub(t, nil, nil)
-	ctx := ctxT(t)
-	a, b, outsider := th.dial(t, nil), th.dial(t, nil), th.dial(t, nil)
-	for _, c := range []*client.Client{a, b} {
-		_, err := c.Join(ctx, "room")
+	forEachTransport(t, func(t *testing.T, tr string) {
+		th := newTestHub(t, nil, nil).over(tr)
+		ctx := ctxT(t)
+		a, b, outsider := th.dial(t, nil), th.dial(t, nil), th.dial(t, nil)
+		for _, c := range []*client.Client{a, b} {
+			_, err := c.Join(ctx, "room")
+			require.NoError(t, err)
+		}
+		_, err := outsider.Join(ctx, "elsewhere")
 		require.NoError(t, err)
-	}
-	_, err := outsider.Join(ctx, "elsewhere")
-	require.NoError(t, err)
 
-	// The app and a member publish; every member sees both, in one order.
-	p1, err := th.Publish(ctx, "room", []byte(`{"from":"app"}`))
-	require.NoError(t, err)
-	p2, err := a.Publish(ctx, "room", []byte(`{"from":"a"}`))
-	require.NoError(t, err)
-	assert.Equal(t, p1.Epoch, p2.Epoch)
-	assert.Equal(t, p1.Offset+1, p2.Offset)
+		// The app and a member publish; every member sees both, in one order.
+		p1, err := th.Publish(ctx, "room", []byte(`{"from":"app"}`))
+		require.NoError(t, err)
+		p2, err := a.Publish(ctx, "room", []byte(`{"from":"a"}`))
+		require.NoError(t, err)
+		assert.Equal(t, p1.Epoch, p2.Epoch)
+		assert.Equal(t, p1.Offset+1, p2.Offset)
 
-	for _, c := range []*client.Client{a, b} {
-		ev := receiveType(t, c, "message")
-		assert.Equal(t, "room", ev.Channel)
-		assert.Equal(t, `{"from":"app"}`, string(ev.Data))
-		assert.Equal(t, p1, ev.Position)
-		ev = receiveType(t, c, "message")
-		assert.Equal(t, `{"from":"a"}`, string(ev.Data))
-		assert.Equal(t, p2, ev.Position)
-	}
+		for _, c := range []*client.Client{a, b} {
+			ev := receiveType(t, c, "message")
+			assert.Equal(t, "room", ev.Channel)
+			assert.Equal(t, `{"from":"app"}`, string(ev.Data))
+			assert.Equal(t, p1, ev.Position)
+			ev = receiveType(t, c, "message")
+			assert.Equal(t, `{"from":"a"}`, string(ev.Data))
+			assert.Equal(t, p2, ev.Position)
+		}
 
-	// The outsider got nothing of "room": its next event is its own.
-	_, err = th.Publish(ctx, "elsewhere", []byte(`1`))
-	require.NoError(t, err)
-	ev := receiveType(t, outsider, "message")
-	assert.Equal(t, "elsewhere", ev.Channel)
+		// The outsider got nothing of "room": its next event is its own.
+		_, err = th.Publish(ctx, "elsewhere", []byte(`1`))
+		require.NoError(t, err)
+		ev := receiveType(t, outsider, "message")
+		assert.Equal(t, "elsewhere", ev.Channel)
+	})
 }
 
 func TestJoinReportsPositionBeforeFirstMessage(t *testing.T) {
 	t.Parallel()
-	th := newTestHub(t, nil, nil)
-	ctx := ctxT(t)
-	a := th.dial(t, nil)
-	_, err := a.Join(ctx, "room")
-	require.NoError(t, err)
-	var last realtime.Position
-	for i := 0; i < 3; i++ {
-		last, err = th.Publish(ctx, "room", []byte(strconv.Itoa(i)))
+	forEachTransport(t, func(t *testing.T, tr string) {
+		th := newTestHub(t, nil, nil).over(tr)
+		ctx := ctxT(t)
+		a := th.dial(t, nil)
+		_, err := a.Join(ctx, "room")
 		require.NoError(t, err)
-	}
-	for i := 0; i < 3; i++ {
-		receiveType(t, a, "message")
-	}
+		var last realtime.Position
+		for i := 0; i < 3; i++ {
+			last, err = th.Publish(ctx, "room", []byte(strconv.Itoa(i)))
+			require.NoError(t, err)
+		}
+		for i := 0; i < 3; i++ {
+			receiveType(t, a, "message")
+		}
 
-	b := th.dial(t, nil)
-	pos, err := b.Join(ctx, "room")
-	require.NoError(t, err)
-	assert.Equal(t, last, pos)
-	next, err := th.Publish(ctx, "room", []byte(`"after"`))
-	require.NoError(t, err)
-	ev := receiveType(t, b, "message")
-	assert.Equal(t, next, ev.Position)
-	assert.Equal(t, pos.Offset+1, ev.Position.Offset)
+		b := th.dial(t, nil)
+		pos, err := b.Join(ctx, "room")
+		require.NoError(t, err)
+		assert.Equal(t, last, pos)
+		next, err := th.Publish(ctx, "room", []byte(`"after"`))
+		require.NoError(t, err)
+		ev := receiveType(t, b, "message")
+		assert.Equal(t, next, ev.Position)
+		assert.Equal(t, pos.Offset+1, ev.Position.Offset)
+	})
 }
 
 func TestLeaveStopsDelivery(t *testing.T) {
 	t.Parallel()
-	th := newTestHub(t, nil, nil)
-	ctx := ctxT(t)
-	c := th.dial(t, nil)
-	_, err := c.Join(ctx, "a")
-	require.NoError(t, err)
-	_, err = c.Join(ctx, "b")
-	require.NoError(t, err)
-	require.NoError(t, c.Leave(ctx, "a"))
+	forEachTransport(t, func(t *testing.T, tr string) {
+		th := newTestHub(t, nil, nil).over(tr)
+		ctx := ctxT(t)
+		c := th.dial(t, nil)
+		_, err := c.Join(ctx, "a")
+		require.NoError(t, err)
+		_, err = c.Join(ctx, "b")
+		require.NoError(t, err)
+		require.NoError(t, c.Leave(ctx, "a"))
 
-	_, err = th.Publish(ctx, "a", []byte(`"lost"`))
-	require.NoError(t, err)
-	_, err = th.Publish(ctx, "b", []byte(`"kept"`))
-	require.NoError(t, err)
-	ev := receiveType(t, c, "message")
-	assert.Equal(t, "b", ev.Channel)
+		_, err = th.Publish(ctx, "a", []byte(`"lost"`))
+		require.NoError(t, err)
+		_, err = th.Publish(ctx, "b", []byte(`"kept"`))
+		require.NoError(t, err)
+		ev := receiveType(t, c, "message")
+		assert.Equal(t, "b", ev.Channel)
 
-	var se *client.ServerError
-	require.ErrorAs(t, c.Leave(ctx, "a"), &se)
-	assert.Equal(t, "not_joined", se.Code)
+		var se *client.ServerError
+		require.ErrorAs(t, c.Leave(ctx, "a"), &se)
+		assert.Equal(t, "not_joined", se.Code)
+	})
 }
 
 func TestServerSideJoinAndLeave(t *testing.T) {
 	t.Parallel()
-	th := newTestHub(t, nil, nil)
-	ctx := ctxT(t)
-	c := th.dial(t, nil)
-	th.waitConns(t, 1)
-	conn := th.Conn(c.ID())
-	require.NotNil(t, conn)
+	forEachTransport(t, func(t *testing.T, tr string) {
+		th := newTestHub(t, nil, nil).over(tr)
+		ctx := ctxT(t)
+		c := th.dial(t, nil)
+		th.waitConns(t, 1)
+		conn := th.Conn(c.ID())
+		require.NotNil(t, conn)
 
-	require.NoError(t, conn.Join(ctx, "news"))
-	ev := receiveType(t, c, "joined")
-	assert.Equal(t, "news", ev.Channel)
-	assert.Equal(t, []string{"news"}, conn.Channels())
+		require.NoError(t, conn.Join(ctx, "news"))
+		ev := receiveType(t, c, "joined")
+		assert.Equal(t, "news", ev.Channel)
+		assert.Equal(t, []string{"news"}, conn.Channels())
 
-	_, err := th.Publish(ctx, "news", []byte(`"extra"`))
-	require.NoError(t, err)
-	assert.Equal(t, `"extra"`, string(receiveType(t, c, "message").Data))
+		_, err := th.Publish(ctx, "news", []byte(`"extra"`))
+		require.NoError(t, err)
+		assert.Equal(t, `"extra"`, string(receiveType(t, c, "message").Data))
 
-	require.NoError(t, conn.Leave("news"))
-	assert.Equal(t, "news", receiveType(t, c, "left").Channel)
-	assert.Empty(t, conn.Channels())
-	assert.ErrorIs(t, conn.Leave("news"), realtime.ErrNotJoined)
-	assert.Empty(t, th.Members("news"))
+		require.NoError(t, conn.Leave("news"))
+		assert.Equal(t, "news", receiveType(t, c, "left").Channel)
+		assert.Empty(t, conn.Channels())
+		assert.ErrorIs(t, conn.Leave("news"), realtime.ErrNotJoined)
+		assert.Empty(t, th.Members("news"))
+	})
 }
 
 func TestDirectMessages(t *testing.T) {
 	t.Parallel()
-	got := make(chan string, 1)
-	th := newTestHub(t, &realtime.Options{
-		OnMessage: func(ctx context.Context, c *realtime.Conn, data []byte) error {
-			if string(data) == `"no"` {
-				return errors.New("not that")
-			}
-			got <- string(data)
-			return c.Send([]byte(`"echo"`))
-		},
-	}, nil)
-	ctx := ctxT(t)
-	c := th.dial(t, nil)
-	require.NoError(t, c.Send(ctx, []byte(`{"hello":1}`)))
-	assert.Equal(t, `{"hello":1}`, <-got)
-	assert.Equal(t, `"echo"`, string(receiveType(t, c, "direct").Data))
+	forEachTransport(t, func(t *testing.T, tr string) {
+		got := make(chan string, 1)
+		th := newTestHub(t, &realtime.Options{
+			OnMessage: func(ctx context.Context, c *realtime.Conn, data []byte) error {
+				if string(data) == `"no"` {
+					return errors.New("not that")
+				}
+				got <- string(data)
+				return c.Send([]byte(`"echo"`))
+			},
+		}, nil)
+		ctx := ctxT(t)
+		c := th.dial(t, nil)
+		require.NoError(t, c.Send(ctx, []byte(`{"hello":1}`)))
+		assert.Equal(t, `{"hello":1}`, <-got)
+		assert.Equal(t, `"echo"`, string(receiveType(t, c, "direct").Data))
 
-	var se *client.ServerError
-	require.ErrorAs(t, c.Send(ctx, []byte(`"no"`)), &se)
-	assert.Equal(t, "forbidden", se.Code)
-	assert.Equal(t, "not that", se.Message)
+		var se *client.ServerError
+		require.ErrorAs(t, c.Send(ctx, []byte(`"no"`)), &se)
+		assert.Equal(t, "forbidden", se.Code)
+		assert.Equal(t, "not that", se.Message)
+	})
 }
 
 func TestSendRefusedWithoutHook(t *testing.T) {
 	t.Parallel()
-	th := newTestHub(t, nil, nil)
-	var se *client.ServerError
-	require.ErrorAs(t, th.dial(t, nil).Send(ctxT(t), []byte(`1`)), &se)
-	assert.Equal(t, "forbidden", se.Code)
+	forEachTransport(t, func(t *testing.T, tr string) {
+		th := newTestHub(t, nil, nil).over(tr)
+		var se *client.ServerError
+		require.ErrorAs(t, th.dial(t, nil).Send(ctxT(t), []byte(`1`)), &se)
+		assert.Equal(t, "forbidden", se.Code)
+	})
 }
 
 // countingBackplane records the subscriptions a hub makes on a real
@@ -208,48 +220,52 @@ func (b *countingBackplane) snapshot() (map[string]int, int) {
 
 func TestBackplaneSubscriptionsAreReferenceCounted(t *testing.T) {
 	t.Parallel()
-	bp := &countingBackplane{Backplane: realtime.NewMemoryBackplane(), subs: map[string]int{}}
-	th := newTestHub(t, &realtime.Options{Backplane: bp}, nil)
-	ctx := ctxT(t)
+	forEachTransport(t, func(t *testing.T, tr string) {
+		bp := &countingBackplane{Backplane: realtime.NewMemoryBackplane(nil), subs: map[string]int{}}
+		th := newTestHub(t, &realtime.Options{Backplane: bp}, nil).over(tr)
+		ctx := ctxT(t)
 
-	clients := make([]*client.Client, 5)
-	for i := range clients {
-		clients[i] = th.dial(t, nil)
-		_, err := clients[i].Join(ctx, "shared")
-		require.NoError(t, err)
-		_, err = clients[i].Join(ctx, "own-"+strconv.Itoa(i))
-		require.NoError(t, err)
-	}
-	subs, calls := bp.snapshot()
-	assert.Equal(t, 1, subs["shared"])
-	assert.Len(t, subs, 6)
-	assert.Equal(t, 6, calls)
+		clients := make([]*client.Client, 5)
+		for i := range clients {
+			clients[i] = th.dial(t, nil)
+			_, err := clients[i].Join(ctx, "shared")
+			require.NoError(t, err)
+			_, err = clients[i].Join(ctx, "own-"+strconv.Itoa(i))
+			require.NoError(t, err)
+		}
+		subs, calls := bp.snapshot()
+		assert.Equal(t, 1, subs["shared"])
+		assert.Len(t, subs, 6)
+		assert.Equal(t, 6, calls)
 
-	for i, c := range clients[:4] {
-		require.NoError(t, c.Leave(ctx, "shared"))
-		require.NoError(t, c.Leave(ctx, "own-"+strconv.Itoa(i)))
-	}
-	subs, _ = bp.snapshot()
-	assert.Equal(t, map[string]int{"shared": 1, "own-4": 1}, subs)
+		for i, c := range clients[:4] {
+			require.NoError(t, c.Leave(ctx, "shared"))
+			require.NoError(t, c.Leave(ctx, "own-"+strconv.Itoa(i)))
+		}
+		subs, _ = bp.snapshot()
+		assert.Equal(t, map[string]int{"shared": 1, "own-4": 1}, subs)
 
-	// The last member goes by disconnecting.
-	require.NoError(t, clients[4].Close())
-	th.waitConns(t, 4)
-	subs, _ = bp.snapshot()
-	assert.Empty(t, subs)
+		// The last member goes by disconnecting.
+		require.NoError(t, clients[4].Close())
+		th.waitConns(t, 4)
+		subs, _ = bp.snapshot()
+		assert.Empty(t, subs)
+	})
 }
 
 func TestJoinFailsWhenBackplaneRefuses(t *testing.T) {
 	t.Parallel()
-	bp := &countingBackplane{Backplane: realtime.NewMemoryBackplane(), subs: map[string]int{}, failOn: "broken"}
-	th := newTestHub(t, &realtime.Options{Backplane: bp}, nil)
-	c := th.dial(t, nil)
-	var se *client.ServerError
-	_, err := c.Join(ctxT(t), "broken")
-	require.ErrorAs(t, err, &se)
-	assert.Equal(t, "unavailable", se.Code)
-	assert.Empty(t, th.Members("broken"))
-	require.NoError(t, c.Ping(ctxT(t)))
+	forEachTransport(t, func(t *testing.T, tr string) {
+		bp := &countingBackplane{Backplane: realtime.NewMemoryBackplane(nil), subs: map[string]int{}, failOn: "broken"}
+		th := newTestHub(t, &realtime.Options{Backplane: bp}, nil).over(tr)
+		c := th.dial(t, nil)
+		var se *client.ServerError
+		_, err := c.Join(ctxT(t), "broken")
+		require.ErrorAs(t, err, &se)
+		assert.Equal(t, "unavailable", se.Code)
+		assert.Empty(t, th.Members("broken"))
+		require.NoError(t, c.Ping(ctxT(t)))
+	})
 }
 
 func TestAuthenticateRefusesBeforeUpgrade(t *testing.T) {
@@ -333,81 +349,87 @@ func TestSubprotocolRequired(t *testing.T) {
 
 func TestAuthorizationHooks(t *testing.T) {
 	t.Parallel()
-	th := newTestHub(t, &realtime.Options{
-		AuthorizeJoin: func(ctx context.Context, c *realtime.Conn, channel string) error {
-			if strings.HasPrefix(channel, "private") {
-				return errors.New("members only")
-			}
-			return nil
-		},
-		AuthorizePublish: func(ctx context.Context, c *realtime.Conn, channel string, data []byte) error {
-			if channel == "announcements" {
-				return errors.New("read-only channel")
-			}
-			return nil
-		},
-	}, nil)
-	ctx := ctxT(t)
-	c := th.dial(t, nil)
+	forEachTransport(t, func(t *testing.T, tr string) {
+		th := newTestHub(t, &realtime.Options{
+			AuthorizeJoin: func(ctx context.Context, c *realtime.Conn, channel string) error {
+				if strings.HasPrefix(channel, "private") {
+					return errors.New("members only")
+				}
+				return nil
+			},
+			AuthorizePublish: func(ctx context.Context, c *realtime.Conn, channel string, data []byte) error {
+				if channel == "announcements" {
+					return errors.New("read-only channel")
+				}
+				return nil
+			},
+		}, nil)
+		ctx := ctxT(t)
+		c := th.dial(t, nil)
 
-	var se *client.ServerError
-	_, err := c.Join(ctx, "private-1")
-	require.ErrorAs(t, err, &se)
-	assert.Equal(t, "forbidden", se.Code)
-	assert.Equal(t, "members only", se.Message)
-	assert.Equal(t, "private-1", se.Channel)
+		var se *client.ServerError
+		_, err := c.Join(ctx, "private-1")
+		require.ErrorAs(t, err, &se)
+		assert.Equal(t, "forbidden", se.Code)
+		assert.Equal(t, "members only", se.Message)
+		assert.Equal(t, "private-1", se.Channel)
 
-	_, err = c.Join(ctx, "announcements")
-	require.NoError(t, err)
-	_, err = c.Publish(ctx, "announcements", []byte(`1`))
-	require.ErrorAs(t, err, &se)
-	assert.Equal(t, "read-only channel", se.Message)
+		_, err = c.Join(ctx, "announcements")
+		require.NoError(t, err)
+		_, err = c.Publish(ctx, "announcements", []byte(`1`))
+		require.ErrorAs(t, err, &se)
+		assert.Equal(t, "read-only channel", se.Message)
 
-	// The hook may allow publishing without membership.
-	_, err = c.Publish(ctx, "anywhere", []byte(`1`))
-	require.NoError(t, err)
+		// The hook may allow publishing without membership.
+		_, err = c.Publish(ctx, "anywhere", []byte(`1`))
+		require.NoError(t, err)
+	})
 }
 
 func TestDefaultPublishPolicyIsMembersOnly(t *testing.T) {
 	t.Parallel()
-	th := newTestHub(t, nil, nil)
-	ctx := ctxT(t)
-	c := th.dial(t, nil)
-	var se *client.ServerError
-	_, err := c.Publish(ctx, "room", []byte(`1`))
-	require.ErrorAs(t, err, &se)
-	assert.Equal(t, "forbidden", se.Code)
-	_, err = c.Join(ctx, "room")
-	require.NoError(t, err)
-	_, err = c.Publish(ctx, "room", []byte(`1`))
-	require.NoError(t, err)
+	forEachTransport(t, func(t *testing.T, tr string) {
+		th := newTestHub(t, nil, nil).over(tr)
+		ctx := ctxT(t)
+		c := th.dial(t, nil)
+		var se *client.ServerError
+		_, err := c.Publish(ctx, "room", []byte(`1`))
+		require.ErrorAs(t, err, &se)
+		assert.Equal(t, "forbidden", se.Code)
+		_, err = c.Join(ctx, "room")
+		require.NoError(t, err)
+		_, err = c.Publish(ctx, "room", []byte(`1`))
+		require.NoError(t, err)
+	})
 }
 
 func TestChannelLimits(t *testing.T) {
 	t.Parallel()
-	th := newTestHub(t, &realtime.Options{MaxChannels: 3}, nil)
-	ctx := ctxT(t)
-	c := th.dial(t, nil)
-	for i := 0; i < 3; i++ {
-		_, err := c.Join(ctx, "ch"+strconv.Itoa(i))
+	forEachTransport(t, func(t *testing.T, tr string) {
+		th := newTestHub(t, &realtime.Options{MaxChannels: 3}, nil).over(tr)
+		ctx := ctxT(t)
+		c := th.dial(t, nil)
+		for i := 0; i < 3; i++ {
+			_, err := c.Join(ctx, "ch"+strconv.Itoa(i))
+			require.NoError(t, err)
+		}
+		// Joining again is not another channel.
+		_, err := c.Join(ctx, "ch0")
 		require.NoError(t, err)
-	}
-	// Joining again is not another channel.
-	_, err := c.Join(ctx, "ch0")
-	require.NoError(t, err)
 
-	var se *client.ServerError
-	_, err = c.Join(ctx, "ch3")
-	require.ErrorAs(t, err, &se)
-	assert.Equal(t, "too_many_channels", se.Code)
+		var se *client.ServerError
+		_, err = c.Join(ctx, "ch3")
+		require.ErrorAs(t, err, &se)
+		assert.Equal(t, "too_many_channels", se.Code)
 
-	for _, name := range []string{"", "has space", "semi;colon", strings.Repeat("x", 129), "ünï"} {
-		_, err = c.Join(ctx, name)
-		require.ErrorAs(t, err, &se, "%q", name)
-		assert.Equal(t, "bad_channel", se.Code, "%q", name)
-	}
-	_, err = th.Publish(ctx, "has space", nil)
-	assert.ErrorIs(t, err, realtime.ErrBadChannel)
+		for _, name := range []string{"", "has space", "semi;colon", strings.Repeat("x", 129), "ünï"} {
+			_, err = c.Join(ctx, name)
+			require.ErrorAs(t, err, &se, "%q", name)
+			assert.Equal(t, "bad_channel", se.Code, "%q", name)
+		}
+		_, err = th.Publish(ctx, "has space", nil)
+		assert.ErrorIs(t, err, realtime.ErrBadChannel)
+	})
 }
 
 func TestPublishTooLarge(t *testing.T) {
@@ -431,48 +453,52 @@ func TestOptionsValidated(t *testing.T) {
 
 func TestHooksSeeLifecycle(t *testing.T) {
 	t.Parallel()
-	var mu sync.Mutex
-	var events []string
-	record := func(s string) {
+	forEachTransport(t, func(t *testing.T, tr string) {
+		var mu sync.Mutex
+		var events []string
+		record := func(s string) {
+			mu.Lock()
+			events = append(events, s)
+			mu.Unlock()
+		}
+		th := newTestHub(t, &realtime.Options{
+			OnConnect:    func(c *realtime.Conn) { record("connect") },
+			OnJoin:       func(c *realtime.Conn, ch string) { record("join " + ch) },
+			OnLeave:      func(c *realtime.Conn, ch string) { record("leave " + ch) },
+			OnDisconnect: func(c *realtime.Conn, r realtime.CloseError) { record("disconnect " + strconv.Itoa(int(r.Code))) },
+		}, nil)
+		c := th.dial(t, nil)
+		_, err := c.Join(ctxT(t), "x")
+		require.NoError(t, err)
+		require.NoError(t, c.Close())
+		th.waitConns(t, 0)
 		mu.Lock()
-		events = append(events, s)
-		mu.Unlock()
-	}
-	th := newTestHub(t, &realtime.Options{
-		OnConnect:    func(c *realtime.Conn) { record("connect") },
-		OnJoin:       func(c *realtime.Conn, ch string) { record("join " + ch) },
-		OnLeave:      func(c *realtime.Conn, ch string) { record("leave " + ch) },
-		OnDisconnect: func(c *realtime.Conn, r realtime.CloseError) { record("disconnect " + strconv.Itoa(int(r.Code))) },
-	}, nil)
-	c := th.dial(t, nil)
-	_, err := c.Join(ctxT(t), "x")
-	require.NoError(t, err)
-	require.NoError(t, c.Close())
-	th.waitConns(t, 0)
-	mu.Lock()
-	defer mu.Unlock()
-	assert.Equal(t, []string{"connect", "join x", "leave x", "disconnect 1000"}, events)
+		defer mu.Unlock()
+		assert.Equal(t, []string{"connect", "join x", "leave x", "disconnect 1000"}, events)
+	})
 }
 
 func TestAppCloseSendsCodeAfterQueuedMessages(t *testing.T) {
 	t.Parallel()
-	th := newTestHub(t, nil, nil)
-	c := th.dial(t, nil)
-	th.waitConns(t, 1)
-	conn := th.Conn(c.ID())
-	require.NoError(t, conn.Send([]byte(`"bye"`)))
-	require.NoError(t, conn.Close(realtime.CloseDisconnected, "kicked"))
-	assert.Equal(t, `"bye"`, string(receiveType(t, c, "direct").Data))
-	_, err := c.Receive(ctxT(t))
-	assert.Equal(t, realtime.CloseDisconnected, realtime.CloseCodeOf(err))
-	<-conn.Done()
-	assert.Equal(t, realtime.CloseError{Code: realtime.CloseDisconnected, Reason: "kicked"}, conn.Reason())
-	assert.ErrorIs(t, conn.Send([]byte(`1`)), realtime.ErrClosed)
+	forEachTransport(t, func(t *testing.T, tr string) {
+		th := newTestHub(t, nil, nil).over(tr)
+		c := th.dial(t, nil)
+		th.waitConns(t, 1)
+		conn := th.Conn(c.ID())
+		require.NoError(t, conn.Send([]byte(`"bye"`)))
+		require.NoError(t, conn.Close(realtime.CloseDisconnected, "kicked"))
+		assert.Equal(t, `"bye"`, string(receiveType(t, c, "direct").Data))
+		_, err := c.Receive(ctxT(t))
+		assert.Equal(t, realtime.CloseDisconnected, realtime.CloseCodeOf(err))
+		<-conn.Done()
+		assert.Equal(t, realtime.CloseError{Code: realtime.CloseDisconnected, Reason: "kicked"}, conn.Reason())
+		assert.ErrorIs(t, conn.Send([]byte(`1`)), realtime.ErrClosed)
+	})
 }
 
 func TestManyNodesShareOneOrder(t *testing.T) {
 	t.Parallel()
-	broker := realtime.NewMemoryBroker()
+	broker := realtime.NewMemoryBroker(nil)
 	nodes := []*testHub{
 		newTestHub(t, &realtime.Options{Backplane: broker.Backplane()}, nil),
 		newTestHub(t, &realtime.Options{Backplane: broker.Backplane()}, nil),
@@ -528,15 +554,15 @@ func TestPublishAfterShutdownFails(t *testing.T) {
 	require.NoError(t, hub.Close())
 	_, err = hub.Publish(ctxT(t), "room", []byte(`1`))
 	assert.ErrorIs(t, err, realtime.ErrClosed)
-	_, err = hub.Connect(nopTransport{}, realtime.Identity{})
+	_, err = hub.Connect(nopTransport{}, realtime.ConnInfo{})
 	assert.ErrorIs(t, err, realtime.ErrClosed)
 }
 
 type nopTransport struct{}
 
-func (nopTransport) Name() string                                  { return "nop" }
-func (nopTransport) Write(ctx context.Context, frame []byte) error { return nil }
-func (nopTransport) Close(realtime.CloseCode, string) error        { return nil }
+func (nopTransport) Name() string                                      { return "nop" }
+func (nopTransport) Write(ctx context.Context, f realtime.Frame) error { return nil }
+func (nopTransport) Close(realtime.CloseCode, string) error            { return nil }
 
 var _ atomic.Int64
 var _ = time.Second

@@ -95,6 +95,8 @@ type Options struct {
 	// QueueMessages and QueueBytes bound each connection's outbound queue.
 	// The defaults, 0, are 4096 messages and 1 MiB. A message is counted
 	// in full even though its bytes are shared with other connections.
+	// QueueBytes must be at least twice MaxMessageSize, so that the
+	// largest message fits once encoded.
 	QueueMessages int
 	QueueBytes    int
 
@@ -162,8 +164,9 @@ func (o *Options) withDefaults() (Options, error) {
 		return opts, errors.New("realtime: negative limit in Options")
 	case opts.SlowConsumer != DisconnectSlow && opts.SlowConsumer != DropMessages:
 		return opts, errors.New("realtime: unknown SlowConsumer policy")
-	case opts.QueueBytes < opts.MaxMessageSize:
-		return opts, errors.New("realtime: QueueBytes is smaller than MaxMessageSize")
+	case opts.QueueBytes < 2*opts.MaxMessageSize:
+		// A message can grow by a third in base64, plus its envelope.
+		return opts, errors.New("realtime: QueueBytes must be at least twice MaxMessageSize")
 	}
 	return opts, nil
 }

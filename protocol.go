@@ -40,8 +40,20 @@ type command struct {
 	Channel string          `json:"channel"`
 	Data    json.RawMessage `json:"data"`
 	B64     *string         `json:"b64"`
+	Since   *struct {
+		Epoch  string `json:"epoch"`
+		Offset uint64 `json:"offset"`
+	} `json:"since"`
 
 	id uint64 // RawID once checked; 0 means none
+}
+
+// since returns the position a join resumes from, or nil.
+func (cmd *command) since() *Position {
+	if cmd.Since == nil {
+		return nil
+	}
+	return &Position{Epoch: cmd.Since.Epoch, Offset: cmd.Since.Offset}
 }
 
 // protocolError is a failed command, as the client will be told of it.
@@ -115,7 +127,8 @@ func (cmd *command) payload() ([]byte, *protocolError) {
 }
 
 // isInlineJSON reports whether p travels as a JSON value in a data field:
-// valid JSON that can be embedded byte for byte without a line break.
+// valid JSON in valid UTF-8 (text frames must be) that can be embedded
+// byte for byte without a line break.
 func isInlineJSON(p []byte) bool {
 	if len(p) == 0 || isSpace(p[0]) || isSpace(p[len(p)-1]) {
 		return false
@@ -123,7 +136,7 @@ func isInlineJSON(p []byte) bool {
 	if bytes.IndexByte(p, '\n') >= 0 || bytes.IndexByte(p, '\r') >= 0 {
 		return false
 	}
-	return json.Valid(p)
+	return utf8.Valid(p) && json.Valid(p)
 }
 
 func isSpace(b byte) bool { return b == ' ' || b == '\t' || b == '\n' || b == '\r' }
@@ -169,6 +182,13 @@ func (m message) uint(key string, v uint64) message {
 	return strconv.AppendUint(m, v, 10)
 }
 
+func (m message) boolean(key string, v bool) message {
+	m = append(m, `,"`...)
+	m = append(m, key...)
+	m = append(m, `":`...)
+	return strconv.AppendBool(m, v)
+}
+
 func (m message) position(p Position) message {
 	return m.str("epoch", p.Epoch).uint("offset", p.Offset)
 }
@@ -190,18 +210,6 @@ func encodeError(id uint64, channel string, e *protocolError) []byte {
 		m = m.str("channel", channel)
 	}
 	return m.end()
-}
-
-// appendFrame appends the server frame holding msgs: a JSON array.
-func appendFrame(dst []byte, msgs [][]byte) []byte {
-	dst = append(dst, '[')
-	for i, m := range msgs {
-		if i > 0 {
-			dst = append(dst, ',')
-		}
-		dst = append(dst, m...)
-	}
-	return append(dst, ']')
 }
 
 // appendString appends s as a JSON string. Invalid UTF-8 becomes U+FFFD,

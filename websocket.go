@@ -70,10 +70,10 @@ func (s *wsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return // Accept has written the response.
 	}
-	ws.SetReadLimit(int64(s.hub.opts.MaxMessageSize))
+	ws.SetReadLimit(int64(s.hub.MaxMessageSize()))
 
 	t := &wsTransport{ws: ws}
-	c, err := s.hub.Connect(t, id)
+	c, err := s.hub.Connect(t, ConnInfo{Identity: id})
 	if err != nil {
 		ws.Close(websocket.StatusGoingAway, "server shutting down")
 		return
@@ -91,16 +91,23 @@ func (s *wsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // read passes the client's frames to the hub until the connection ends.
+// It reads under its own context: the connection's ends as soon as
+// closing starts, and cancelling a read would cut the close handshake.
 func (s *wsHandler) read(c *Conn, ws *websocket.Conn) {
-	ctx := c.Context()
+	ctx := context.Background()
 	for {
 		typ, frame, err := ws.Read(ctx)
 		if err != nil {
-			c.Close(readCloseError(err))
+			code, reason := readCloseError(err)
+			if code == CloseAbnormal {
+				c.CloseNow(code, reason)
+			} else {
+				c.Close(code, reason)
+			}
 			return
 		}
 		if typ != websocket.MessageText {
-			c.replyError(0, "", &protocolError{codeBadFrame, "frames must be text"})
+			c.RejectFrame("frames must be text")
 			continue
 		}
 		if c.Receive(ctx, frame) != nil {
@@ -138,7 +145,7 @@ func (s *wsHandler) ping(c *Conn, ws *websocket.Conn) {
 		err := ws.Ping(pctx)
 		cancel()
 		if err != nil && ctx.Err() == nil {
-			c.close(CloseError{ClosePingTimeout, "no pong within the timeout"}, false)
+			c.CloseNow(ClosePingTimeout, "no pong within the timeout")
 			return
 		}
 	}
@@ -151,8 +158,8 @@ type wsTransport struct {
 
 func (t *wsTransport) Name() string { return "websocket" }
 
-func (t *wsTransport) Write(ctx context.Context, frame []byte) error {
-	return t.ws.Write(ctx, websocket.MessageText, frame)
+func (t *wsTransport) Write(ctx context.Context, f Frame) error {
+	return t.ws.Write(ctx, websocket.MessageText, f.Data)
 }
 
 func (t *wsTransport) Close(code CloseCode, reason string) error {
