@@ -32,201 +32,212 @@ import (
 // broadcasts to it; every message arrives whole and in its sender's order.
 func TestF01ConcurrentSendersToOneConn(t *testing.T) {
 	t.Parallel()
-	th := newTestHub(t, &realtime.Options{QueueMessages: 20000, QueueBytes: 8 << 20}, nil)
-	ctx := ctxT(t)
-	c := th.dial(t, nil)
-	_, err := c.Join(ctx, "room")
-	require.NoError(t, err)
-	conn := th.Conn(c.ID())
-	require.NotNil(t, conn)
+	forEachTransport(t, func(t *testing.T, tr string) {
+		th := newTestHub(t, &realtime.Options{QueueMessages: 20000, QueueBytes: 8 << 20}, nil).over(tr)
+		ctx := ctxT(t)
+		c := th.dial(t, nil)
+		_, err := c.Join(ctx, "room")
+		require.NoError(t, err)
+		conn := th.Conn(c.ID())
+		require.NotNil(t, conn)
 
-	const senders, perSender, broadcasts = 50, 100, 1000
-	var wg sync.WaitGroup
-	for g := 0; g < senders; g++ {
+		const senders, perSender, broadcasts = 50, 100, 1000
+		var wg sync.WaitGroup
+		for g := 0; g < senders; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < perSender; i++ {
+					assert.NoError(t, conn.Send([]byte(fmt.Sprintf(`{"g":%d,"i":%d}`, g, i))))
+				}
+			}()
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := 0; i < perSender; i++ {
-				assert.NoError(t, conn.Send([]byte(fmt.Sprintf(`{"g":%d,"i":%d}`, g, i))))
+			for i := 0; i < broadcasts; i++ {
+				_, err := th.Publish(ctx, "room", []byte(fmt.Sprintf(`{"b":%d}`, i)))
+				assert.NoError(t, err)
 			}
 		}()
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for i := 0; i < broadcasts; i++ {
-			_, err := th.Publish(ctx, "room", []byte(fmt.Sprintf(`{"b":%d}`, i)))
-			assert.NoError(t, err)
-		}
-	}()
 
-	next := make([]int, senders)
-	nextBroadcast := 0
-	for n := 0; n < senders*perSender+broadcasts; n++ {
-		ev, err := c.Receive(ctx)
-		require.NoError(t, err)
-		var m struct{ G, I, B *int }
-		require.NoError(t, json.Unmarshal(ev.Data, &m), "%s", ev.Data)
-		switch ev.Type {
-		case "direct":
-			require.Equal(t, next[*m.G], *m.I, "sender %d out of order", *m.G)
-			next[*m.G]++
-		case "message":
-			require.Equal(t, nextBroadcast, *m.B)
-			nextBroadcast++
-		default:
-			t.Fatalf("unexpected event %+v", ev)
+		next := make([]int, senders)
+		nextBroadcast := 0
+		for n := 0; n < senders*perSender+broadcasts; n++ {
+			ev, err := c.Receive(ctx)
+			require.NoError(t, err)
+			var m struct{ G, I, B *int }
+			require.NoError(t, json.Unmarshal(ev.Data, &m), "%s", ev.Data)
+			switch ev.Type {
+			case "direct":
+				require.Equal(t, next[*m.G], *m.I, "sender %d out of order", *m.G)
+				next[*m.G]++
+			case "message":
+				require.Equal(t, nextBroadcast, *m.B)
+				nextBroadcast++
+			default:
+				t.Fatalf("unexpected event %+v", ev)
+			}
 		}
-	}
-	wg.Wait()
+		wg.Wait()
+	})
 }
 
 // F02: the client closes while 1,000 messages are being queued for it.
 func TestF02CloseWhileQueueing(t *testing.T) {
 	t.Parallel()
-	th := newTestHub(t, nil, nil)
-	for round := 0; round < 5; round++ {
-		c := th.dial(t, nil)
-		th.waitConns(t, 1)
-		conn := th.Conn(c.ID())
-		require.NotNil(t, conn)
-		start := make(chan struct{})
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			for i := 0; i < 1000; i++ {
-				if conn.Send([]byte(`"payload"`)) != nil {
-					return // closed: later sends must fail, not panic
+	forEachTransport(t, func(t *testing.T, tr string) {
+		th := newTestHub(t, nil, nil).over(tr)
+		for round := 0; round < 5; round++ {
+			c := th.dial(t, nil)
+			th.waitConns(t, 1)
+			conn := th.Conn(c.ID())
+			require.NotNil(t, conn)
+			start := make(chan struct{})
+			var wg sync.WaitGroup
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				for i := 0; i < 1000; i++ {
+					if conn.Send([]byte(`"payload"`)) != nil {
+						return // closed: later sends must fail, not panic
+					}
 				}
-			}
-		}()
-		close(start)
-		require.NoError(t, c.Close())
-		wg.Wait()
-		<-conn.Done()
-		assert.ErrorIs(t, conn.Send([]byte(`1`)), realtime.ErrClosed)
-		th.waitConns(t, 0)
-	}
+			}()
+			close(start)
+			require.NoError(t, c.Close())
+			wg.Wait()
+			<-conn.Done()
+			assert.ErrorIs(t, conn.Send([]byte(`1`)), realtime.ErrClosed)
+			th.waitConns(t, 0)
+		}
+	})
 }
 
 // F03 and the issue's slow-consumer case: one of three clients stops
 // reading while 10,000 messages of 1 KiB are published.
 func TestF03SlowConsumerIsDisconnected(t *testing.T) {
 	t.Parallel()
-	th := newTestHub(t, nil, nil)
-	ctx := ctxT(t)
-	c1 := th.dial(t, nil)
-	c2 := th.dial(t, &client.Options{Buffer: 1}) // stops reading once full
-	c3 := th.dial(t, nil)
-	for _, c := range []*client.Client{c1, c2, c3} {
-		_, err := c.Join(ctx, "room")
-		require.NoError(t, err)
-	}
-
-	const total = 10000
-	pad := strings.Repeat("x", 1000)
-	var wg sync.WaitGroup
-	for _, c := range []*client.Client{c1, c3} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var last uint64
-			for i := 0; i < total; i++ {
-				ev, err := c.Receive(ctx)
-				if !assert.NoError(t, err) {
-					return
-				}
-				if !assert.Equal(t, last+1, ev.Position.Offset) {
-					return
-				}
-				last = ev.Position.Offset
-			}
-		}()
-	}
-	var before runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&before)
-	// The publisher runs at 5,000 messages (5 MB) a second, a rate the
-	// healthy clients sustain even under the race detector: the scenario
-	// is one client stalling, not a publisher outrunning every client (the
-	// queue bounds then disconnect them all, by design).
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for i := 0; i < total; i++ {
-		if i%50 == 0 {
-			<-tick.C
+	forEachTransport(t, func(t *testing.T, tr string) {
+		// Queues of 4 MiB give the healthy clients a second of slack when
+		// the race detector and the other tests share the two cores; the
+		// stalled client still fills its queue with the 10 MB published.
+		th := newTestHub(t, &realtime.Options{QueueBytes: 4 << 20, QueueMessages: 8192}, nil).over(tr)
+		ctx := ctxT(t)
+		c1 := th.dial(t, nil)
+		c2 := th.dial(t, &client.Options{Buffer: 1}) // stops reading once full
+		c3 := th.dial(t, nil)
+		for _, c := range []*client.Client{c1, c2, c3} {
+			_, err := c.Join(ctx, "room")
+			require.NoError(t, err)
 		}
-		_, err := th.Publish(ctx, "room", []byte(fmt.Sprintf(`{"i":%d,"pad":"%s"}`, i, pad)))
-		require.NoError(t, err)
-	}
-	wg.Wait()
 
-	// The stalled client was dropped from the channel while the others
-	// went on, and its queue never held the whole backlog.
-	require.Eventually(t, func() bool { return len(th.Members("room")) == 2 },
-		10*time.Second, 5*time.Millisecond)
-	var after runtime.MemStats
-	runtime.ReadMemStats(&after)
-	assert.Less(t, int64(after.HeapInuse)-int64(before.HeapInuse), int64(64<<20))
+		const total = 10000
+		pad := strings.Repeat("x", 1000)
+		var wg sync.WaitGroup
+		for _, c := range []*client.Client{c1, c3} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var last uint64
+				for i := 0; i < total; i++ {
+					ev, err := c.Receive(ctx)
+					if !assert.NoError(t, err) {
+						return
+					}
+					if !assert.Equal(t, last+1, ev.Position.Offset) {
+						return
+					}
+					last = ev.Position.Offset
+				}
+			}()
+		}
+		var before runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		// The publisher runs at 5,000 messages (5 MB) a second, a rate the
+		// healthy clients sustain even under the race detector: the scenario
+		// is one client stalling, not a publisher outrunning every client (the
+		// queue bounds then disconnect them all, by design).
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for i := 0; i < total; i++ {
+			if i%50 == 0 {
+				<-tick.C
+			}
+			_, err := th.Publish(ctx, "room", []byte(fmt.Sprintf(`{"i":%d,"pad":"%s"}`, i, pad)))
+			require.NoError(t, err)
+		}
+		wg.Wait()
 
-	// Reading again, it finds the close code after what had reached it.
-	var err error
-	for err == nil {
-		_, err = c2.Receive(ctx)
-	}
-	assert.Equal(t, realtime.CloseSlowConsumer, realtime.CloseCodeOf(err), "%v", err)
-	require.Eventually(t, func() bool { _, ok := th.disconnect(c2.ID()); return ok },
-		10*time.Second, 5*time.Millisecond)
-	reason, _ := th.disconnect(c2.ID())
-	assert.Equal(t, realtime.CloseSlowConsumer, reason.Code)
+		// The stalled client was dropped from the channel while the others
+		// went on, and its queue never held the whole backlog.
+		require.Eventually(t, func() bool { return len(th.Members("room")) == 2 },
+			10*time.Second, 5*time.Millisecond)
+		var after runtime.MemStats
+		runtime.ReadMemStats(&after)
+		assert.Less(t, int64(after.HeapInuse)-int64(before.HeapInuse), int64(64<<20))
+
+		// Reading again, it finds the close code after what had reached it.
+		var err error
+		for err == nil {
+			_, err = c2.Receive(ctx)
+		}
+		assert.Equal(t, realtime.CloseSlowConsumer, realtime.CloseCodeOf(err), "%v", err)
+		require.Eventually(t, func() bool { _, ok := th.disconnect(c2.ID()); return ok },
+			10*time.Second, 5*time.Millisecond)
+		reason, _ := th.disconnect(c2.ID())
+		assert.Equal(t, realtime.CloseSlowConsumer, reason.Code)
+	})
 }
 
 // Under DropMessages a stalled client loses messages but is told where.
 func TestDropPolicyReportsGaps(t *testing.T) {
 	t.Parallel()
-	th := newTestHub(t, &realtime.Options{
-		SlowConsumer:  realtime.DropMessages,
-		QueueMessages: 16,
-	}, nil)
-	ctx := ctxT(t)
-	c := th.dial(t, &client.Options{Buffer: 1})
-	_, err := c.Join(ctx, "room")
-	require.NoError(t, err)
-
-	const total = 5000
-	pad := strings.Repeat("y", 1000)
-	var last realtime.Position
-	for i := 0; i < total; i++ {
-		last, err = th.Publish(ctx, "room", []byte(`"`+pad+`"`))
+	forEachTransport(t, func(t *testing.T, tr string) {
+		th := newTestHub(t, &realtime.Options{
+			SlowConsumer:  realtime.DropMessages,
+			QueueMessages: 16,
+		}, nil)
+		ctx := ctxT(t)
+		c := th.dial(t, &client.Options{Buffer: 1})
+		_, err := c.Join(ctx, "room")
 		require.NoError(t, err)
-	}
 
-	// Once reading resumes there is room again: a marker published after
-	// each gap notice gets through, and ends the test.
-	var prev uint64
-	gaps, jumps := 0, 0
-	for prev <= last.Offset {
-		ev := must(c.Receive(ctx))(t)
-		switch ev.Type {
-		case "gap":
-			assert.Equal(t, "room", ev.Channel)
-			gaps++
-			_, err := th.Publish(ctx, "room", []byte(`"marker"`))
+		const total = 5000
+		pad := strings.Repeat("y", 1000)
+		var last realtime.Position
+		for i := 0; i < total; i++ {
+			last, err = th.Publish(ctx, "room", []byte(`"`+pad+`"`))
 			require.NoError(t, err)
-		case "message":
-			require.Greater(t, ev.Position.Offset, prev)
-			if ev.Position.Offset != prev+1 {
-				jumps++
-				require.Positive(t, gaps, "offset jumped from %d to %d without a gap notice", prev, ev.Position.Offset)
-			}
-			prev = ev.Position.Offset
 		}
-	}
-	assert.Positive(t, gaps)
-	assert.LessOrEqual(t, jumps, gaps)
-	assert.Len(t, th.Conns(), 1, "the connection stays open")
+
+		// Once reading resumes there is room again: a marker published after
+		// each gap notice gets through, and ends the test.
+		var prev uint64
+		gaps, jumps := 0, 0
+		for prev <= last.Offset {
+			ev := must(c.Receive(ctx))(t)
+			switch ev.Type {
+			case "gap":
+				assert.Equal(t, "room", ev.Channel)
+				gaps++
+				_, err := th.Publish(ctx, "room", []byte(`"marker"`))
+				require.NoError(t, err)
+			case "message":
+				require.Greater(t, ev.Position.Offset, prev)
+				if ev.Position.Offset != prev+1 {
+					jumps++
+					require.Positive(t, gaps, "offset jumped from %d to %d without a gap notice", prev, ev.Position.Offset)
+				}
+				prev = ev.Position.Offset
+			}
+		}
+		assert.Positive(t, gaps)
+		assert.LessOrEqual(t, jumps, gaps)
+		assert.Len(t, th.Conns(), 1, "the connection stays open")
+	})
 }
 
 func must[T any](v T, err error) func(testing.TB) T {
@@ -391,63 +402,65 @@ func TestF14LatePongsAreTolerated(t *testing.T) {
 // TCP segments arrive byte-identical, whoever publishes them.
 func TestF16PayloadsArriveByteIdentical(t *testing.T) {
 	t.Parallel()
-	th := newTestHub(t, nil, nil)
-	ctx := ctxT(t)
-	pub, sub := th.dial(t, nil), th.dial(t, nil)
-	for _, c := range []*client.Client{pub, sub} {
-		_, err := c.Join(ctx, "bytes")
-		require.NoError(t, err)
-	}
-
-	every := make([]byte, 256)
-	for i := range every {
-		every[i] = byte(i)
-	}
-	big := make([]byte, 60<<10)
-	rng := rand.New(rand.NewPCG(1, 2))
-	for i := range big {
-		big[i] = byte(rng.UintN(256))
-	}
-	cases := []struct {
-		name string
-		data []byte
-	}{
-		{"every byte value", every},
-		{"CJK and emoji JSON", []byte(`{"text":"漢字かな한글 😀👩‍👩‍👧 \u2028"}`)},
-		{"CJK as plain text", []byte("漢字 😀 not JSON")},
-		{"invalid UTF-8", []byte{0xff, 0xfe, 'a', 0xc3}},
-		{"JSON with inner spaces", []byte(`{"a": [1, 2, "x y"]}`)},
-		{"pretty JSON", []byte("{\n  \"a\": 1\n}")},
-		{"number with newline", []byte("42\n")},
-		{"leading space", []byte(" 1")},
-		{"empty", []byte{}},
-		{"NUL bytes", []byte{0, 0, 0}},
-		{"JSON string with escapes", []byte(`"tab\there \u0000 \"q\""`)},
-	}
-
-	for _, tc := range cases {
-		_, err := th.Publish(ctx, "bytes", tc.data)
-		require.NoError(t, err, tc.name)
-		_, err = pub.Publish(ctx, "bytes", tc.data)
-		require.NoError(t, err, tc.name)
-	}
-	_, err := th.Publish(ctx, "bytes", big)
-	require.NoError(t, err)
-
-	for _, c := range []*client.Client{pub, sub} {
-		for _, tc := range cases {
-			for range 2 {
-				ev := receiveType(t, c, "message")
-				assert.True(t, bytes.Equal(tc.data, ev.Data), "%s: got %q", tc.name, ev.Data)
-			}
+	forEachTransport(t, func(t *testing.T, tr string) {
+		th := newTestHub(t, nil, nil).over(tr)
+		ctx := ctxT(t)
+		pub, sub := th.dial(t, nil), th.dial(t, nil)
+		for _, c := range []*client.Client{pub, sub} {
+			_, err := c.Join(ctx, "bytes")
+			require.NoError(t, err)
 		}
-		ev := receiveType(t, c, "message")
-		assert.True(t, bytes.Equal(big, ev.Data), "60 KiB random payload differs")
-	}
 
-	conn := th.Conn(sub.ID())
-	require.NoError(t, conn.Send(every))
-	assert.Equal(t, every, receiveType(t, sub, "direct").Data)
+		every := make([]byte, 256)
+		for i := range every {
+			every[i] = byte(i)
+		}
+		big := make([]byte, 60<<10)
+		rng := rand.New(rand.NewPCG(1, 2))
+		for i := range big {
+			big[i] = byte(rng.UintN(256))
+		}
+		cases := []struct {
+			name string
+			data []byte
+		}{
+			{"every byte value", every},
+			{"CJK and emoji JSON", []byte(`{"text":"漢字かな한글 😀👩‍👩‍👧 \u2028"}`)},
+			{"CJK as plain text", []byte("漢字 😀 not JSON")},
+			{"invalid UTF-8", []byte{0xff, 0xfe, 'a', 0xc3}},
+			{"JSON with inner spaces", []byte(`{"a": [1, 2, "x y"]}`)},
+			{"pretty JSON", []byte("{\n  \"a\": 1\n}")},
+			{"number with newline", []byte("42\n")},
+			{"leading space", []byte(" 1")},
+			{"empty", []byte{}},
+			{"NUL bytes", []byte{0, 0, 0}},
+			{"JSON string with escapes", []byte(`"tab\there \u0000 \"q\""`)},
+		}
+
+		for _, tc := range cases {
+			_, err := th.Publish(ctx, "bytes", tc.data)
+			require.NoError(t, err, tc.name)
+			_, err = pub.Publish(ctx, "bytes", tc.data)
+			require.NoError(t, err, tc.name)
+		}
+		_, err := th.Publish(ctx, "bytes", big)
+		require.NoError(t, err)
+
+		for _, c := range []*client.Client{pub, sub} {
+			for _, tc := range cases {
+				for range 2 {
+					ev := receiveType(t, c, "message")
+					assert.True(t, bytes.Equal(tc.data, ev.Data), "%s: got %q", tc.name, ev.Data)
+				}
+			}
+			ev := receiveType(t, c, "message")
+			assert.True(t, bytes.Equal(big, ev.Data), "60 KiB random payload differs")
+		}
+
+		conn := th.Conn(sub.ID())
+		require.NoError(t, conn.Send(every))
+		assert.Equal(t, every, receiveType(t, sub, "direct").Data)
+	})
 }
 
 // hubGoroutines counts the goroutines serving connections: those running

@@ -36,9 +36,10 @@ type LongPollOptions struct {
 // the same session ends an older one, which returns empty. The client
 // sends commands by POST with the session in the [SessionHeader] header.
 //
-// Messages wait for the next poll in the session, bounded by the hub's
-// queue limits: a session that falls further behind is closed as a slow
-// consumer, and one that nobody polls expires after the session timeout.
+// Messages wait for the next poll in the session, in a backlog of up to
+// Options.QueueBytes; behind it the connection's queue fills, and its
+// slow-consumer policy applies as on other transports. A session that
+// nobody polls expires after the session timeout.
 func NewLongPollHandler(h *Hub, opts *LongPollOptions) http.Handler {
 	var o LongPollOptions
 	if opts != nil {
@@ -87,6 +88,7 @@ func (p *pollHandler) open(w http.ResponseWriter, r *http.Request) {
 	t := &pollTransport{
 		bytesLimit: p.hub.opts.QueueBytes,
 		ready:      make(chan struct{}),
+		space:      make(chan struct{}),
 	}
 	t.expiry = time.AfterFunc(p.opts.SessionTimeout, t.expire)
 	c, err := p.hub.Connect(t, ConnInfo{Identity: id, Session: token})
@@ -176,6 +178,7 @@ type pollTransport struct {
 	seq     uint64        // of the last batch
 	cursor  string        // as of the last batch
 	ready   chan struct{} // closed and replaced when a batch arrives
+	space   chan struct{} // closed and replaced when batches are acknowledged
 	waiting chan struct{} // closed to end the poll in progress
 	closed  bool
 }
@@ -197,20 +200,34 @@ func (t *pollTransport) expire() {
 	}
 }
 
+// Write adds the frame to the backlog that polls take. While the backlog
+// is full it waits for a poll to acknowledge some, so that the connection's
+// queue and its slow-consumer policy apply as on other transports.
 func (t *pollTransport) Write(ctx context.Context, f Frame) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.closed {
-		return ErrClosed
+	for {
+		if t.closed {
+			return ErrClosed
+		}
+		if len(t.batches) == 0 || t.bytes+len(f.Data) <= t.bytesLimit {
+			t.add(f.Data, f.Cursor())
+			return nil
+		}
+		space := t.space
+		t.mu.Unlock()
+		select {
+		case <-space:
+			t.mu.Lock()
+		case <-ctx.Done():
+			t.mu.Lock()
+			return CloseError{CloseSlowConsumer, "slow consumer: no poll took the backlog in time"}
+		}
 	}
-	return t.add(f.Data, f.Cursor())
 }
 
 // add queues a frame's messages as the next batch. t.mu is held.
-func (t *pollTransport) add(frame []byte, cursor string) error {
-	if t.bytes+len(frame) > t.bytesLimit {
-		return CloseError{CloseSlowConsumer, "slow consumer: long-poll backlog full"}
-	}
+func (t *pollTransport) add(frame []byte, cursor string) {
 	t.seq++
 	t.batches = append(t.batches, pollBatch{t.seq, append([]byte(nil), frame[1:len(frame)-1]...)})
 	t.bytes += len(frame)
@@ -219,7 +236,6 @@ func (t *pollTransport) add(frame []byte, cursor string) error {
 	}
 	close(t.ready)
 	t.ready = make(chan struct{})
-	return nil
 }
 
 // Close queues the close message for the next poll; nothing else is
@@ -230,9 +246,9 @@ func (t *pollTransport) Close(code CloseCode, reason string) error {
 	if t.closed {
 		return nil
 	}
-	t.bytesLimit += 1 << 10 // room for the close message
 	t.add([]byte(closeFrame(code, reason)), "")
 	t.closed = true
+	close(t.space) // a waiting Write returns ErrClosed
 	t.expiry.Stop()
 	return nil
 }
@@ -246,9 +262,17 @@ func (t *pollTransport) poll(ctx context.Context, ack uint64, timeout, sessionTi
 		t.mu.Unlock()
 		return nil, errBadAck
 	}
-	for len(t.batches) > 0 && t.batches[0].seq <= ack {
-		t.bytes -= len(t.batches[0].data) + 2
-		t.batches = t.batches[1:]
+	acked := 0
+	for acked < len(t.batches) && t.batches[acked].seq <= ack {
+		t.bytes -= len(t.batches[acked].data) + 2
+		acked++
+	}
+	if acked > 0 {
+		t.batches = t.batches[acked:]
+		if !t.closed {
+			close(t.space)
+			t.space = make(chan struct{})
+		}
 	}
 	if t.waiting != nil {
 		close(t.waiting) // the older poll returns empty

@@ -205,13 +205,16 @@ func (t *sseTransport) Close(code CloseCode, reason string) error {
 		t.mu.Unlock()
 		return nil
 	}
-	t.rc.SetWriteDeadline(time.Now().Add(time.Second))
+	// A write in progress has as long as a WebSocket close frame gets to
+	// finish, so that a client catching up still learns why it ends.
+	t.rc.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
 		return nil
 	}
 	t.closed = true
+	t.rc.SetWriteDeadline(time.Now().Add(time.Second))
 	_, err := t.w.Write([]byte("data: " + closeFrame(code, reason) + "\n\n"))
 	if err == nil {
 		err = t.rc.Flush()
