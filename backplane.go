@@ -88,8 +88,8 @@ type MemoryOptions struct {
 	HistorySize int
 
 	// HistoryTTL is how long a message stays in history. A channel that
-	// nobody follows is forgotten, with its numbering, once its newest
-	// message is this old. The default, 0, is 5 minutes.
+	// nobody follows is forgotten, with its numbering, once it has been
+	// idle this long. The default, 0, is 5 minutes.
 	HistoryTTL time.Duration
 }
 
@@ -98,8 +98,10 @@ type MemoryOptions struct {
 // of a cluster gets its own broker client. It is safe for concurrent use;
 // the zero value is not usable: create one with [NewMemoryBroker].
 //
-// A channel keeps its numbering while some node follows it or its history
-// holds a message; after that it starts a new epoch.
+// A channel keeps its numbering while some node follows it, and for the
+// history TTL after its last message or subscriber; after that it starts a
+// new epoch. Without history, a channel nobody follows is forgotten at
+// once.
 type MemoryBroker struct {
 	historySize int
 	historyTTL  time.Duration
@@ -116,6 +118,9 @@ type MemoryBroker struct {
 type memoryChannel struct {
 	pos   Position
 	nodes map[*memoryNode]struct{}
+	// touched is when the channel last had a message or a subscriber: an
+	// idle channel keeps its numbering for the history TTL after it.
+	touched time.Time
 	// history holds the newest messages, oldest first.
 	history []memoryEntry
 }
@@ -189,12 +194,9 @@ func (b *MemoryBroker) channel(name string, create bool) *memoryChannel {
 		b.sweep(now)
 	}
 	ch := b.channels[name]
-	if ch != nil {
-		ch.trim(now.Add(-b.historyTTL))
-		if len(ch.nodes) == 0 && len(ch.history) == 0 {
-			delete(b.channels, name)
-			ch = nil
-		}
+	if ch != nil && b.expired(ch, now) {
+		delete(b.channels, name)
+		ch = nil
 	}
 	if ch == nil && create {
 		ch = &memoryChannel{
@@ -203,17 +205,27 @@ func (b *MemoryBroker) channel(name string, create bool) *memoryChannel {
 		}
 		b.channels[name] = ch
 	}
+	if ch != nil && create {
+		ch.touched = now
+	}
 	return ch
+}
+
+// expired trims ch's history and reports whether the channel, followed by
+// nobody and idle for the history TTL, is to be forgotten. b.mu is held.
+func (b *MemoryBroker) expired(ch *memoryChannel, now time.Time) bool {
+	cutoff := now.Add(-b.historyTTL)
+	ch.trim(cutoff)
+	return len(ch.nodes) == 0 && len(ch.history) == 0 &&
+		(b.historySize == 0 || ch.touched.Before(cutoff))
 }
 
 // sweep trims expired history everywhere and forgets idle channels. b.mu
 // is held.
 func (b *MemoryBroker) sweep(now time.Time) {
 	b.lastSweep = now
-	cutoff := now.Add(-b.historyTTL)
 	for name, ch := range b.channels {
-		ch.trim(cutoff)
-		if len(ch.nodes) == 0 && len(ch.history) == 0 {
+		if b.expired(ch, now) {
 			delete(b.channels, name)
 		}
 	}
@@ -377,7 +389,8 @@ func (n *memoryNode) unsubscribeLocked(channel string) {
 	delete(n.subs, channel)
 	if ch := b.channels[channel]; ch != nil {
 		delete(ch.nodes, n)
-		if len(ch.nodes) == 0 && len(ch.history) == 0 {
+		ch.touched = b.now()
+		if b.expired(ch, ch.touched) {
 			delete(b.channels, channel)
 		}
 	}

@@ -156,8 +156,8 @@ func (c *Conn) Transport() string { return c.t.Name() }
 func (c *Conn) Context() context.Context { return c.ctx }
 
 // Done returns a channel that is closed once the connection has ended:
-// its writer has stopped, it has left every channel and OnDisconnect has
-// returned.
+// its writer has stopped, it has left every channel, OnDisconnect has
+// returned and the hub no longer lists it.
 func (c *Conn) Done() <-chan struct{} { return c.done }
 
 // Reason returns why the connection ended, once Done is closed, or the
@@ -281,8 +281,10 @@ func (c *Conn) finish() {
 	if c.hub.opts.OnDisconnect != nil {
 		c.hub.opts.OnDisconnect(c, reason)
 	}
-	close(c.done)
+	// The hub forgets the connection first, so that Hub.Conns never lists
+	// one whose Done is closed.
 	c.hub.removeConn(c)
+	close(c.done)
 }
 
 func (c *Conn) closeTransport(reason CloseError) {

@@ -155,7 +155,11 @@ func (p *pollHandler) respond(w http.ResponseWriter, r *http.Request, t *pollTra
 	rc.SetWriteDeadline(time.Now().Add(p.opts.PollTimeout + 10*time.Second))
 
 	body, err := t.poll(r.Context(), ack, p.opts.PollTimeout, p.opts.SessionTimeout)
-	if err != nil {
+	switch {
+	case errors.Is(err, errSessionEnded):
+		writeJSONError(w, http.StatusNotFound, "unknown_session", "the session has ended: open a new one with your cursor")
+		return
+	case err != nil:
 		writeJSONError(w, http.StatusBadRequest, "bad_request", err.Error())
 		return
 	}
@@ -274,6 +278,10 @@ func (t *pollTransport) poll(ctx context.Context, ack uint64, timeout, sessionTi
 			t.space = make(chan struct{})
 		}
 	}
+	if t.closed && len(t.batches) == 0 {
+		t.mu.Unlock()
+		return nil, errSessionEnded
+	}
 	if t.waiting != nil {
 		close(t.waiting) // the older poll returns empty
 	}
@@ -329,4 +337,7 @@ func (t *pollTransport) poll(ctx context.Context, ack uint64, timeout, sessionTi
 	return append(body, "]}"...), nil
 }
 
-var errBadAck = errors.New("realtime: ack is ahead of the session")
+var (
+	errBadAck       = errors.New("realtime: ack is ahead of the session")
+	errSessionEnded = errors.New("realtime: the session has ended")
+)

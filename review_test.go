@@ -54,11 +54,11 @@ func TestInvalidUTF8TravelsAsBytes(t *testing.T) {
 	_, err := th.Publish(ctx, "a", []byte("\"\xff\""))
 	require.NoError(t, err)
 
-	for range 2 {
+	for seen := 0; seen < 2; {
 		_, frame, err := sub.ws.Read(ctx)
 		require.NoError(t, err)
 		assert.True(t, utf8.Valid(frame), "frame %q", frame)
-		assert.Contains(t, string(frame), `"b64"`)
+		seen += strings.Count(string(frame), `"b64"`)
 	}
 }
 
