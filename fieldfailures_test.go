@@ -326,41 +326,51 @@ func TestF04VanishedClientsAreDropped(t *testing.T) {
 	th.waitConns(t, 0)
 }
 
-// F13: Shutdown with 1,000 clients: each gets 1001 Going Away, Shutdown
-// returns with no goroutine left, and a publish afterwards fails.
+// F13: Shutdown with 1,000 clients on each transport: each gets 1001
+// Going Away, Shutdown returns with no goroutine left, and a publish
+// afterwards fails.
 func TestF13ShutdownWithManyClients(t *testing.T) {
-	const n = 1000
-	baseline := runtime.NumGoroutine()
-	hub, err := realtime.New(nil)
-	require.NoError(t, err)
-	mux := http.NewServeMux()
-	mux.Handle("/ws", realtime.NewWebSocketHandler(hub, nil))
-	srv := httptest.NewServer(mux)
-	defer srv.Close()
-	url := "ws" + strings.TrimPrefix(srv.URL, "http") + "/ws"
+	for _, tr := range transports {
+		t.Run(tr, func(t *testing.T) {
+			const n = 1000
+			baseline := runtime.NumGoroutine()
+			hub, err := realtime.New(nil)
+			require.NoError(t, err)
+			mux := http.NewServeMux()
+			mux.Handle("/rt/", realtime.NewHandler(hub, nil))
+			srv := httptest.NewServer(mux)
+			defer srv.Close()
+			url := map[string]string{
+				client.WebSocket: srv.URL + "/rt/ws",
+				client.SSE:       srv.URL + "/rt/sse",
+				client.LongPoll:  srv.URL + "/rt/poll",
+			}[tr]
 
-	ctx := ctxT(t)
-	clients := make([]*client.Client, n)
-	for i := range clients {
-		clients[i], err = client.Dial(ctx, url, nil)
-		require.NoError(t, err)
-		_, err = clients[i].Join(ctx, fmt.Sprintf("room-%d", i%10))
-		require.NoError(t, err)
+			ctx := ctxT(t)
+			clients := make([]*client.Client, n)
+			for i := range clients {
+				clients[i], err = client.Dial(ctx, url, &client.Options{Transport: tr})
+				require.NoError(t, err)
+				_, err = clients[i].Join(ctx, fmt.Sprintf("room-%d", i%10))
+				require.NoError(t, err)
+			}
+
+			require.NoError(t, hub.Shutdown(ctx))
+			assert.Empty(t, hub.Conns())
+			for _, c := range clients {
+				_, err := c.Receive(ctx)
+				require.Equal(t, realtime.CloseGoingAway, realtime.CloseCodeOf(err), "%v", err)
+				<-c.Done()
+			}
+			_, err = hub.Publish(ctx, "room-1", []byte(`1`))
+			assert.ErrorIs(t, err, realtime.ErrClosed)
+
+			srv.Close()
+			http.DefaultClient.CloseIdleConnections()
+			require.Eventually(t, func() bool { return runtime.NumGoroutine() <= baseline+5 },
+				10*time.Second, 10*time.Millisecond, "goroutines: %d, baseline %d", runtime.NumGoroutine(), baseline)
+		})
 	}
-
-	require.NoError(t, hub.Shutdown(ctx))
-	assert.Empty(t, hub.Conns())
-	for _, c := range clients {
-		_, err := c.Receive(ctx)
-		require.Equal(t, realtime.CloseGoingAway, realtime.CloseCodeOf(err), "%v", err)
-		<-c.Done()
-	}
-	_, err = hub.Publish(ctx, "room-1", []byte(`1`))
-	assert.ErrorIs(t, err, realtime.ErrClosed)
-
-	srv.Close()
-	require.Eventually(t, func() bool { return runtime.NumGoroutine() <= baseline+5 },
-		10*time.Second, 10*time.Millisecond, "goroutines: %d, baseline %d", runtime.NumGoroutine(), baseline)
 }
 
 // F14: a client that answers pings late, but within the pong timeout,
@@ -475,4 +485,61 @@ func hubGoroutines() int {
 		}
 	}
 	return n
+}
+
+// F04 over SSE and long-poll: of 100 clients, 50 vanish. A reset SSE
+// stream ends at once; a long-poll session that nobody polls any more
+// expires. (A half-open SSE stream is found only when writes to it fail;
+// see the README's limitations.)
+func TestF04VanishedStreamingClientsAreDropped(t *testing.T) {
+	// Not parallel: it counts the process's goroutines.
+	const clients, vanish = 100, 50
+	for _, tr := range []string{client.SSE, client.LongPoll} {
+		t.Run(tr, func(t *testing.T) {
+			th := newTestHubWith(t, nil, &realtime.HandlerOptions{
+				LongPoll: &realtime.LongPollOptions{SessionTimeout: 500 * time.Millisecond},
+			}).over(tr)
+			ctx := ctxT(t)
+			var mu sync.Mutex
+			var raws []net.Conn
+			for i := 0; i < clients; i++ {
+				if i < vanish && tr == client.LongPoll {
+					// Opens a session, then is never heard of again.
+					openPoll(t, th.base+"poll", nil)
+					continue
+				}
+				opts := &client.Options{}
+				if i < vanish {
+					opts.HTTPClient = &http.Client{Transport: &http.Transport{
+						DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+							c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+							if err == nil {
+								mu.Lock()
+								raws = append(raws, c)
+								mu.Unlock()
+							}
+							return c, err
+						},
+					}}
+				}
+				c := th.dial(t, opts)
+				_, err := c.Join(ctx, "room")
+				require.NoError(t, err)
+			}
+			th.waitConns(t, clients)
+			perConn := hubGoroutines() / clients
+
+			mu.Lock()
+			for _, raw := range raws {
+				raw.(*net.TCPConn).SetLinger(0)
+				raw.Close() // the kernel sends a reset
+			}
+			mu.Unlock()
+			th.waitConns(t, clients-vanish)
+			if perConn > 0 {
+				require.Eventually(t, func() bool { return hubGoroutines() <= perConn*(clients-vanish) },
+					10*time.Second, 10*time.Millisecond, "hub goroutines %d, per conn %d", hubGoroutines(), perConn)
+			}
+		})
+	}
 }

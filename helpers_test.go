@@ -151,7 +151,7 @@ func (th *testHub) dialRaw(t testing.TB) *rawConn {
 func (th *testHub) waitConns(t testing.TB, n int) {
 	t.Helper()
 	require.Eventually(t, func() bool { return len(th.Conns()) == n },
-		10*time.Second, 5*time.Millisecond, "want %d connections", n)
+		10*time.Second, 5*time.Millisecond, "want %d connections, have %d", n, len(th.Conns()))
 }
 
 func ctxT(t testing.TB) context.Context {
