@@ -8,14 +8,15 @@
 //	hub, err := realtime.New(nil)
 //	if err != nil { ... }
 //	mux := http.NewServeMux()
-//	mux.Handle("/realtime/ws", realtime.NewWebSocketHandler(hub, nil))
-//	mux.Handle("/realtime/realtime.js", realtime.ClientScriptHandler())
+//	mux.Handle("/realtime/", realtime.NewHandler(hub, nil))
 //	// ... serve mux; publish from anywhere in the app:
 //	hub.Publish(ctx, "news", []byte(`{"headline":"..."}`))
 //
-// Browsers import the served client script; Go programs use the package
-// [github.com/realtimekit/realtime/client]. PROTOCOL.md in the repository
-// describes the wire protocol for clients in other languages.
+// [NewHandler] serves the WebSocket, Server-Sent Events and long-poll
+// transports, a negotiation endpoint and the browser client script under
+// one prefix. Browsers import the served script; Go programs use the
+// package [github.com/realtimekit/realtime/client]. PROTOCOL.md in the
+// repository describes the wire protocol for clients in other languages.
 //
 // # The path of a message
 //
@@ -55,13 +56,32 @@
 //
 // # Transports
 //
-// A transport turns a network connection into a [Conn]: it admits the
-// client (the built-in HTTP transports use [Hub.Admit] for the origin
-// policy and [Options.Authenticate]), calls [Hub.Connect] with a
-// [Transport] value that can write frames and close the connection, feeds
-// each frame the client sends to [Conn.Receive], and calls [Conn.Close]
-// when the client goes away. [NewWebSocketHandler] is built exactly so,
-// with the exported API alone, and a third-party transport can be too.
+// A transport turns a network connection into a [Conn]. Writing one takes
+// the exported API alone, as the built-in ones ([NewWebSocketHandler],
+// [NewSSEHandler], [NewLongPollHandler]) and examples/tcptransport do:
+//
+//  1. Admit the client. HTTP transports call [Hub.Admit] for the origin
+//     policy and [Options.Authenticate]; others check identity their own
+//     way.
+//  2. Call [Hub.Connect] with a [Transport] value for the connection:
+//     Write sends one [Frame], Close ends the connection with a code.
+//     [ConnInfo.Session] gives clients a secret to address the connection
+//     in separate requests.
+//  3. If the client came back with a cursor, call [Conn.Resume].
+//  4. Feed every frame the client sends to [Conn.Receive] (frames longer
+//     than [Hub.MaxMessageSize] close the connection); answer frames of
+//     the wrong kind with [Conn.RejectFrame].
+//  5. When the client goes away, call [Conn.Close] for a clean end or
+//     [Conn.CloseNow] for a broken one, and return after [Conn.Done].
+//
+// # Recovery
+//
+// The backplane gives each channel's messages positions and keeps a
+// bounded history. [Frame.Cursor] holds a connection's position in each of
+// its channels; a client that reconnects hands it back (SSE as
+// Last-Event-ID, long-poll as its cursor) or joins with a position
+// (WebSocket), and receives exactly what it missed, or a "joined" message
+// with recovered false for a channel whose history no longer reaches back.
 //
 // # Backplanes
 //

@@ -100,3 +100,22 @@ func TestTruncateReason(t *testing.T) {
 		assert.True(t, utf8.ValidString(got))
 	}
 }
+
+func FuzzParseCursor(f *testing.F) {
+	for _, seed := range []string{"", "room:e:1", "a%3Ab:ep%2C:7,b::0", "x", "a:b", "::", "a:b:-1", "a:b:99999999999999999999"} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		positions, err := parseCursor(s, 1000)
+		if err != nil {
+			return
+		}
+		// What parses encodes back to something that parses the same.
+		again, err := parseCursor(encodeCursor(positions), 1000)
+		require.NoError(t, err)
+		assert.Equal(t, positions, again)
+		for name := range positions {
+			assert.NotEmpty(t, name)
+		}
+	})
+}

@@ -35,8 +35,8 @@ type notice struct {
 	Name   string `json:"name"`
 }
 
-// newChat returns the chat's hub and the handler that serves the page, the
-// client script and the WebSocket endpoint.
+// newChat returns the chat's hub and the handler that serves the page and,
+// under /realtime/, the client script and the transports.
 func newChat(logger *slog.Logger) (*realtime.Hub, http.Handler, error) {
 	var hub *realtime.Hub
 	announce := func(channel string, n notice) {
@@ -76,8 +76,8 @@ func newChat(logger *slog.Logger) (*realtime.Hub, http.Handler, error) {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/", http.FileServerFS(assets))
-	mux.Handle("/realtime/realtime.js", realtime.ClientScriptHandler())
-	mux.Handle("/realtime/ws", realtime.NewWebSocketHandler(hub, nil))
+	// The client script, negotiation and every transport.
+	mux.Handle("/realtime/", realtime.NewHandler(hub, nil))
 	return hub, mux, nil
 }
 

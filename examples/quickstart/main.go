@@ -1,11 +1,13 @@
-// Command quickstart is the smallest useful realtime server: a hub on a
-// mux, the browser client script, and a clock published every second.
+// Command quickstart is the smallest useful realtime server: a hub with
+// every transport under /realtime/, and a clock published every second.
 package main
 
 import (
 	"context"
 	"log"
 	"net/http"
+	"os"
+	"os/signal"
 	"time"
 
 	"github.com/realtimekit/realtime"
@@ -16,16 +18,27 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer hub.Shutdown(context.Background())
-
 	mux := http.NewServeMux()
-	mux.Handle("/realtime/ws", realtime.NewWebSocketHandler(hub, nil))
-	mux.Handle("/realtime/realtime.js", realtime.ClientScriptHandler())
-
-	go func() { // the app publishes; every member of "clock" receives
-		for t := range time.Tick(time.Second) {
-			hub.Publish(context.Background(), "clock", []byte(`"`+t.Format(time.TimeOnly)+`"`))
+	// WebSocket, SSE, long-poll, negotiation and the browser client.
+	mux.Handle("/realtime/", realtime.NewHandler(hub, nil))
+	srv := &http.Server{Addr: "localhost:8080", Handler: mux}
+	go func() {
+		if err := srv.ListenAndServe(); err != http.ErrServerClosed {
+			log.Fatal(err)
 		}
 	}()
-	log.Fatal(http.ListenAndServe("localhost:8080", mux))
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	tick := time.NewTicker(time.Second)
+	for { // the app publishes; every member of "clock" receives
+		select {
+		case t := <-tick.C:
+			hub.Publish(ctx, "clock", []byte(`"`+t.Format(time.TimeOnly)+`"`))
+		case <-ctx.Done():
+			hub.Shutdown(context.Background()) // first: it ends the streams
+			srv.Shutdown(context.Background())
+			return
+		}
+	}
 }
