@@ -566,3 +566,108 @@ func (nopTransport) Close(realtime.CloseCode, string) error            { return 
 
 var _ atomic.Int64
 var _ = time.Second
+
+func TestNegotiateListsTransports(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		opts *realtime.HandlerOptions
+		want string
+	}{
+		{nil, `{"protocol":"realtime.v1","transports":[{"name":"websocket","path":"ws"},{"name":"sse","path":"sse"},{"name":"longpoll","path":"poll"}]}`},
+		{&realtime.HandlerOptions{NoWebSocket: true}, `{"protocol":"realtime.v1","transports":[{"name":"sse","path":"sse"},{"name":"longpoll","path":"poll"}]}`},
+	} {
+		th := newTestHubWith(t, nil, tc.opts)
+		resp, err := http.Get(th.base + "negotiate")
+		require.NoError(t, err)
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		assert.Equal(t, "application/json", resp.Header.Get("Content-Type"))
+		assert.JSONEq(t, tc.want, string(body))
+		resp, err = http.Get(th.base + "ws")
+		require.NoError(t, err)
+		resp.Body.Close()
+		if tc.opts != nil {
+			assert.Equal(t, http.StatusNotFound, resp.StatusCode)
+		}
+	}
+}
+
+// Without history, a resume that missed a message is reported as not
+// recovered; one that missed nothing is recovered.
+func TestResumeWithoutHistory(t *testing.T) {
+	t.Parallel()
+	bp := realtime.NewMemoryBackplane(&realtime.MemoryOptions{HistorySize: -1})
+	th := newTestHub(t, &realtime.Options{Backplane: bp}, nil)
+	ctx := ctxT(t)
+	keep := th.dial(t, nil) // keeps the channel followed
+	_, err := keep.Join(ctx, "room")
+	require.NoError(t, err)
+	p1, err := th.Publish(ctx, "room", []byte(`1`))
+	require.NoError(t, err)
+
+	rc := th.dialRaw(t)
+	rc.send(`{"type":"join","id":1,"channel":"room","since":{"epoch":"` + p1.Epoch + `","offset":1}}`)
+	m := rc.next()
+	assert.Equal(t, true, m["recovered"], "nothing was missed")
+
+	_, err = th.Publish(ctx, "room", []byte(`2`))
+	require.NoError(t, err)
+	rc2 := th.dialRaw(t)
+	rc2.send(`{"type":"join","id":1,"channel":"room","since":{"epoch":"` + p1.Epoch + `","offset":1}}`)
+	m = rc2.next()
+	assert.Equal(t, false, m["recovered"])
+	assert.Equal(t, float64(2), m["offset"])
+}
+
+// The Go client's reconnect: a connection cut while messages are published
+// comes back and gets every message once, in order, over each transport.
+func TestClientReconnectsAndResumes(t *testing.T) {
+	t.Parallel()
+	forEachTransport(t, func(t *testing.T, tr string) {
+		th := newTestHub(t, nil, nil).over(tr)
+		ctx := ctxT(t)
+		c := th.dial(t, &client.Options{Reconnect: true, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
+		_, err := c.Join(ctx, "room")
+		require.NoError(t, err)
+
+		const total = 300
+		var next uint64 = 1
+		connected := 1
+		published := make(chan error, 1)
+		go func() {
+			for i := 1; i <= total; i++ {
+				if _, err := th.Publish(ctx, "room", []byte(strconv.Itoa(i))); err != nil {
+					published <- err
+					return
+				}
+				if i%100 == 0 {
+					// Cut the connection under the client's feet.
+					if conn := th.Conn(c.ID()); conn != nil {
+						conn.CloseNow(realtime.CloseAbnormal, "cut by the test")
+					}
+				}
+			}
+			published <- nil
+		}()
+		for next <= total {
+			ev, err := c.Receive(ctx)
+			require.NoError(t, err)
+			switch ev.Type {
+			case "message":
+				require.Equal(t, next, ev.Position.Offset, "lost or repeated")
+				require.Equal(t, strconv.FormatUint(next, 10), string(ev.Data))
+				next++
+			case "joined":
+				require.True(t, ev.Resumed)
+				require.True(t, ev.Recovered, "history holds all %d", total)
+			case "connected":
+				connected++
+			case "disconnected":
+			default:
+				t.Fatalf("unexpected %+v", ev)
+			}
+		}
+		require.NoError(t, <-published)
+		assert.GreaterOrEqual(t, connected, 2, "the test never cut the connection")
+	})
+}
