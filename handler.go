@@ -27,6 +27,7 @@ type HandlerOptions struct {
 //	poll         the long-poll transport     (NewLongPollHandler)
 //	negotiate    which transports are offered, as JSON (see PROTOCOL.md)
 //	realtime.js  the browser client          (ClientScriptHandler)
+//	realtime.d.ts  its TypeScript declarations
 //
 // Each transport can also be mounted alone with its own constructor.
 func NewHandler(h *Hub, opts *HandlerOptions) http.Handler {
@@ -35,7 +36,8 @@ func NewHandler(h *Hub, opts *HandlerOptions) http.Handler {
 		o = *opts
 	}
 	m := &mountHandler{routes: map[string]http.Handler{
-		"realtime.js": ClientScriptHandler(),
+		"realtime.js":   ClientScriptHandler(),
+		"realtime.d.ts": embeddedFile("web/realtime.d.ts", "application/typescript; charset=utf-8"),
 	}}
 	neg := []byte(`{"protocol":"` + Subprotocol + `","transports":[`)
 	offer := func(name, path string, h http.Handler) {

@@ -7,6 +7,10 @@ const ROOMS_KEY = 'realtime-chat:rooms';
 const DEFAULT_ROOMS = ['lobby', 'random', 'go'];
 const ROOM_RE = /^[A-Za-z0-9_-]{1,32}$/;
 const MAX_TEXT = 500;
+const TRANSPORTS = ['websocket', 'sse', 'longpoll'];
+// ?transport=websocket|sse|longpoll in the page's URL forces one.
+const forced = new URLSearchParams(location.search).get('transport');
+const transport = TRANSPORTS.includes(forced) ? forced : undefined;
 
 const $ = (id) => document.getElementById(id);
 const el = {
@@ -26,6 +30,7 @@ let room = roomFromHash() || 'lobby';
 let rt = null;
 let leaveRoom = null;
 let errorTimer = 0;
+let countdown = 0;
 
 // Connection.
 
@@ -33,23 +38,51 @@ function start() {
   if (rt) rt.close();
   el.meName.textContent = name;
   el.me.hidden = false;
-  rt = connect({ url: '/realtime/ws?name=' + encodeURIComponent(name) });
+  rt = connect({ url: '/realtime/', params: { name }, transport });
   rt.on('state', showState);
   rt.on('error', (err) => showError(err.message || err.code));
+  // After a reconnect the server could not replay everything this page
+  // missed (for example it restarted), and the chat keeps no history to
+  // reload: say so.
+  rt.on('resync', ({ channel }) => {
+    if (channel === 'room:' + room) addNotice('Reconnected. Some messages may be missing.', 'warn');
+  });
+  rt.on('gap', ({ channel }) => {
+    if (channel === 'room:' + room) addNotice('Some messages were lost on the way.', 'warn');
+  });
   showState({ state: rt.state, transport: rt.transport });
   enterRoom(room);
 }
 
-function showState({ state, transport, code, reason }) {
+function showState({ state, transport, code, reason, delay }) {
+  clearInterval(countdown);
   el.status.dataset.state = state;
-  let text = `${state} · ${transport}`;
-  if (state === 'closed' && code !== 1000) text = `closed · ${describeClose(code, reason)}`;
-  el.statusText.textContent = text;
+  el.status.title = transport ? `transport: ${transport}${forced ? ' (forced)' : ''}` : '';
+  if (state === 'connected') {
+    el.statusText.textContent = `connected · ${transport}`;
+  } else if (state === 'reconnecting' && delay == null) {
+    el.statusText.textContent = 'offline · waiting for network';
+  } else if (state === 'reconnecting') {
+    // Count down to the next attempt.
+    const at = Date.now() + delay;
+    const tick = () => {
+      const left = at - Date.now();
+      el.statusText.textContent = left > 50 ? `reconnecting in ${(left / 1000).toFixed(1)} s` : 'reconnecting…';
+      if (left <= 50) clearInterval(countdown);
+    };
+    tick();
+    countdown = setInterval(tick, 100);
+  } else if (state === 'closed') {
+    el.statusText.textContent = code === 1000 ? 'closed' : `closed · ${describeClose(code, reason)}`;
+  } else {
+    el.statusText.textContent = 'connecting…';
+  }
   el.reconnect.hidden = state !== 'closed';
   const ready = state === 'connected';
   el.text.disabled = !ready;
   el.send.disabled = !ready;
-  if (ready) el.text.focus();
+  if (ready && !el.nameDialog.open) el.text.focus();
+  if (state === 'reconnecting') el.roomState.textContent = 'reconnecting…';
   if (state === 'closed' && code !== 1000) {
     showError(`Disconnected: ${describeClose(code, reason)}.`, true);
     el.roomState.textContent = '';
@@ -60,6 +93,7 @@ function describeClose(code, reason) {
   if (reason) return `${reason} (${code})`;
   if (code === 1006) return 'connection lost or refused';
   if (code === 1001) return 'server going away';
+  if (code === 1008) return 'refused by the server';
   if (code === 4000) return 'too slow, messages lost';
   return `code ${code}`;
 }
