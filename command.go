@@ -112,34 +112,28 @@ func (c *Conn) run(ctx context.Context, cmd *command) bool {
 // clientJoin joins a channel at the client's request, as the authorisation
 // hook allows, answering with "joined" or an error.
 func (c *Conn) clientJoin(ctx context.Context, channel string, id uint64, since *Position) bool {
+	fail := func(e *protocolError) bool {
+		// The refusal also takes the channel out of the cursor.
+		c.push(item{data: encodeError(id, channel, e), kind: itemLeft, channel: channel})
+		return false
+	}
 	if err := c.hub.checkChannel(channel); err != nil {
-		return c.replyError(id, channel, toProtocolError(err))
+		return fail(toProtocolError(err))
 	}
 	if authorize := c.hub.opts.AuthorizeJoin; authorize != nil {
 		if err := authorize(ctx, c, channel); err != nil {
-			return c.replyError(id, channel, &protocolError{codeForbidden, err.Error()})
+			return fail(&protocolError{codeForbidden, err.Error()})
 		}
 	}
 	if err := c.join(ctx, channel, id, since); err != nil {
-		return c.replyError(id, channel, toProtocolError(err))
+		return fail(toProtocolError(err))
 	}
 	return true
 }
 
-// Resume joins again, at the client's request, every channel of a cursor
-// that a client handed back after reconnecting (see [Frame.Cursor]),
-// recovering what it missed since. Each channel is answered like a join
-// command with a position: "joined" with "recovered" true and the missed
-// messages, "recovered" false when they are gone, or an error (a channel
-// the client may no longer join is refused as a join would be).
-// Transports call it right after Connect. It returns an error, and joins
-// nothing, when the cursor is malformed.
-func (c *Conn) Resume(ctx context.Context, cursor string) error {
-	positions, err := parseCursor(cursor, c.hub.opts.MaxChannels)
-	if err != nil {
-		c.replyError(0, "", &protocolError{codeBadRequest, "bad cursor: " + err.Error()})
-		return err
-	}
+// resume joins again every channel of a cursor a reconnecting client
+// handed back, in name order (see ConnInfo.Cursor).
+func (c *Conn) resume(positions map[string]Position) {
 	names := make([]string, 0, len(positions))
 	for name := range positions {
 		names = append(names, name)
@@ -147,9 +141,8 @@ func (c *Conn) Resume(ctx context.Context, cursor string) error {
 	slices.Sort(names)
 	for _, name := range names {
 		pos := positions[name]
-		c.clientJoin(ctx, name, 0, &pos)
+		c.clientJoin(c.ctx, name, 0, &pos)
 	}
-	return nil
 }
 
 func (c *Conn) runPublish(ctx context.Context, cmd *command) bool {

@@ -94,13 +94,25 @@ type ConnInfo struct {
 	// take commands by separate POSTs). It is sent to the client in the
 	// welcome message only.
 	Session string
+
+	// Cursor, if not empty, is the resume state a reconnecting client
+	// handed back (see [Frame.Cursor]). Connect joins every channel in it
+	// again, as the client's own joins would be (Options.AuthorizeJoin
+	// applies), recovering what was missed: the client gets "joined" with
+	// "recovered" true and the missed messages, "recovered" false when
+	// they are gone, or an error per channel. Until those arrive, frames
+	// carry the cursor as it was, so a client that drops again in between
+	// loses nothing. A malformed cursor gets a "bad_request" error and
+	// joins nothing.
+	Cursor string
 }
 
 // Connect registers a new connection whose frames travel over t. It
-// queues the welcome message, starts the connection's writer goroutine
-// and calls Options.OnConnect. The transport must then pass every client
-// frame to [Conn.Receive] and call [Conn.Close] when the client goes away;
-// the writer ends when the connection closes.
+// queues the welcome message, starts the connection's writer goroutine,
+// calls Options.OnConnect and resumes info.Cursor; it blocks while the
+// resumed joins read history. The transport must then pass every client
+// frame to [Conn.Receive] and call [Conn.Close] or [Conn.CloseNow] when the
+// client goes away; the writer ends when the connection closes.
 //
 // Connect returns ErrClosed when the hub is shutting down.
 func (h *Hub) Connect(t Transport, info ConnInfo) (*Conn, error) {
@@ -134,10 +146,16 @@ func (h *Hub) Connect(t Transport, info ConnInfo) (*Conn, error) {
 		welcome = welcome.str("session", info.Session)
 	}
 	c.enqueue(welcome.end())
-	go c.write()
+	resume, cursorErr := parseCursor(info.Cursor, h.opts.MaxChannels)
+	go c.write(resume)
 	c.log.Debug("realtime conn opened", slog.String("user", info.Identity.UserID))
 	if h.opts.OnConnect != nil {
 		h.opts.OnConnect(c)
+	}
+	if cursorErr != nil {
+		c.replyError(0, "", &protocolError{codeBadRequest, "bad cursor: " + cursorErr.Error()})
+	} else {
+		c.resume(resume)
 	}
 	return c, nil
 }

@@ -66,12 +66,12 @@
 //  2. Call [Hub.Connect] with a [Transport] value for the connection:
 //     Write sends one [Frame], Close ends the connection with a code.
 //     [ConnInfo.Session] gives clients a secret to address the connection
-//     in separate requests.
-//  3. If the client came back with a cursor, call [Conn.Resume].
-//  4. Feed every frame the client sends to [Conn.Receive] (frames longer
+//     in separate requests; if the client came back with a cursor, pass
+//     it as [ConnInfo.Cursor].
+//  3. Feed every frame the client sends to [Conn.Receive] (frames longer
 //     than [Hub.MaxMessageSize] close the connection); answer frames of
 //     the wrong kind with [Conn.RejectFrame].
-//  5. When the client goes away, call [Conn.Close] for a clean end or
+//  4. When the client goes away, call [Conn.Close] for a clean end or
 //     [Conn.CloseNow] for a broken one, and return after [Conn.Done].
 //
 // # Recovery

@@ -254,7 +254,7 @@ func must[T any](v T, err error) func(testing.TB) T {
 // goroutine count returns to what the remaining clients account for.
 func TestF04VanishedClientsAreDropped(t *testing.T) {
 	const clients, vanish = 1000, 500
-	const interval, timeout = 300 * time.Millisecond, 600 * time.Millisecond
+	const interval, timeout = 500 * time.Millisecond, 2 * time.Second
 	th := newTestHub(t, nil, &realtime.WebSocketOptions{PingInterval: interval, PongTimeout: timeout})
 	hole := newBlackhole(t, strings.TrimPrefix(th.srv.URL, "http://"))
 	holeURL := "ws://" + hole.addr() + "/rt/ws"
@@ -340,6 +340,7 @@ func TestF13ShutdownWithManyClients(t *testing.T) {
 			mux.Handle("/rt/", realtime.NewHandler(hub, nil))
 			srv := httptest.NewServer(mux)
 			defer srv.Close()
+			defer hub.Close() // first, if the test fails: streams hold the server
 			url := map[string]string{
 				client.WebSocket: srv.URL + "/rt/ws",
 				client.SSE:       srv.URL + "/rt/sse",

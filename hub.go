@@ -55,6 +55,10 @@ type channel struct {
 	// pending holds the messages for members whose join is still reading
 	// history, in order; they are queued once it is read.
 	pending map[*Conn][]Message
+	// starts holds, for members whose membership starts after the last
+	// message delivered here, where it starts: messages up to it are
+	// still on their way from the backplane and are not theirs.
+	starts map[*Conn]Position
 	// last is the position of the last message delivered here.
 	last Position
 }
@@ -285,6 +289,14 @@ func (h *Hub) deliver(m Message) {
 	defer ch.mu.Unlock()
 	ch.last = m.Position
 	for _, c := range ch.members {
+		if len(ch.starts) > 0 {
+			if start, ok := ch.starts[c]; ok {
+				if !after(m.Position, start) {
+					continue
+				}
+				delete(ch.starts, c)
+			}
+		}
 		if buf, joining := ch.pending[c]; joining {
 			if len(buf) >= h.opts.QueueMessages {
 				c.close(CloseError{CloseSlowConsumer, "slow consumer: backlog while joining"}, false)
@@ -387,6 +399,9 @@ func (h *Hub) addMember(ctx context.Context, c *Conn, name string, id uint64, si
 			start = m.Position
 		}
 	}
+	if start != ch.last && after(start, ch.last) {
+		ch.starts[c] = start
+	}
 	return nil
 }
 
@@ -401,9 +416,13 @@ func (h *Hub) confirmMember(c *Conn, name string, id uint64) {
 	}
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
+	pos := ch.last
+	if start, ok := ch.starts[c]; ok {
+		pos = start
+	}
 	c.push(item{
-		data: newMessage("joined", id).str("channel", name).position(ch.last).end(),
-		kind: itemJoined, channel: name, pos: ch.last,
+		data: newMessage("joined", id).str("channel", name).position(pos).end(),
+		kind: itemJoined, channel: name, pos: pos,
 	})
 }
 
@@ -421,7 +440,10 @@ func (h *Hub) follow(ctx context.Context, c *Conn, name string) (*channel, error
 		if err := h.bp.Subscribe(ctx, name); err != nil {
 			return nil, fmt.Errorf("realtime: subscribe: %w", err)
 		}
-		ch = &channel{pending: make(map[*Conn][]Message)}
+		ch = &channel{
+			pending: make(map[*Conn][]Message),
+			starts:  make(map[*Conn]Position),
+		}
 		h.mu.Lock()
 		h.channels[name] = ch
 		h.mu.Unlock()
@@ -468,6 +490,7 @@ func (h *Hub) removeMember(c *Conn, name string, reply []byte) {
 	}
 	ch.members = members
 	delete(ch.pending, c)
+	delete(ch.starts, c)
 	if reply != nil {
 		c.push(item{data: reply, kind: itemLeft, channel: name})
 	}

@@ -91,8 +91,11 @@ func (p *pollHandler) open(w http.ResponseWriter, r *http.Request) {
 		space:      make(chan struct{}),
 	}
 	t.expiry = time.AfterFunc(p.opts.SessionTimeout, t.expire)
-	c, err := p.hub.Connect(t, ConnInfo{Identity: id, Session: token})
+	ss := p.sessions.reserve(token)
+	c, err := p.hub.Connect(t, ConnInfo{Identity: id, Session: token, Cursor: r.URL.Query().Get("cursor")})
 	if err != nil {
+		ss.set(nil)
+		p.sessions.remove(token)
 		t.expiry.Stop()
 		writeJSONError(w, http.StatusServiceUnavailable, "unavailable", "server shutting down")
 		return
@@ -100,22 +103,19 @@ func (p *pollHandler) open(w http.ResponseWriter, r *http.Request) {
 	t.mu.Lock()
 	t.conn = c
 	t.mu.Unlock()
-	p.sessions.add(token, c)
 	p.mu.Lock()
 	if p.byConn == nil {
 		p.byConn = make(map[*Conn]*pollTransport)
 	}
 	p.byConn[c] = t
 	p.mu.Unlock()
+	ss.set(c)
 	// Forget the session once its connection has ended and a poll has had
 	// the time to fetch the close message.
 	context.AfterFunc(c.Context(), func() {
 		time.AfterFunc(p.opts.SessionTimeout, func() { p.forget(token, c) })
 	})
 
-	if cursor := r.URL.Query().Get("cursor"); cursor != "" {
-		c.Resume(r.Context(), cursor)
-	}
 	p.respond(w, r, t, 0)
 }
 
@@ -128,13 +128,13 @@ func (p *pollHandler) forget(token string, c *Conn) {
 
 func (p *pollHandler) poll(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	c := p.sessions.get(q.Get("session"))
-	var t *pollTransport
-	if c != nil {
-		p.mu.Lock()
-		t = p.byConn[c]
-		p.mu.Unlock()
+	ss := p.hub.session(w, r, &p.sessions, q.Get("session"))
+	if ss == nil {
+		return
 	}
+	p.mu.Lock()
+	t := p.byConn[ss.conn]
+	p.mu.Unlock()
 	if t == nil {
 		writeJSONError(w, http.StatusNotFound, "unknown_session", "no such session: open a new one with your cursor")
 		return
@@ -235,9 +235,7 @@ func (t *pollTransport) add(frame []byte, cursor string) {
 	t.seq++
 	t.batches = append(t.batches, pollBatch{t.seq, append([]byte(nil), frame[1:len(frame)-1]...)})
 	t.bytes += len(frame)
-	if cursor != "" || t.cursor == "" {
-		t.cursor = cursor
-	}
+	t.cursor = cursor
 	close(t.ready)
 	t.ready = make(chan struct{})
 }
@@ -250,7 +248,7 @@ func (t *pollTransport) Close(code CloseCode, reason string) error {
 	if t.closed {
 		return nil
 	}
-	t.add([]byte(closeFrame(code, reason)), "")
+	t.add([]byte(closeFrame(code, reason)), t.cursor)
 	t.closed = true
 	close(t.space) // a waiting Write returns ErrClosed
 	t.expiry.Stop()

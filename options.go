@@ -60,15 +60,18 @@ type Options struct {
 
 	// OnDisconnect is called once per connection, after it has left every
 	// channel, with the reason it ended. It runs on a goroutine of the
-	// connection that the hub waits for on shutdown, so it must return.
+	// connection that the hub waits for on shutdown, so it must return,
+	// and must not wait for Hub.Shutdown.
 	OnDisconnect func(c *Conn, reason CloseError)
 
 	// OnJoin is called after c has joined channel, whether the client or
 	// the application asked for it, on the goroutine that made the join.
+	// It may publish, and join or leave channels.
 	OnJoin func(c *Conn, channel string)
 
 	// OnLeave is called after c has left channel, including when c
-	// disconnects, on the goroutine that made the change.
+	// disconnects, on the goroutine that made the change. It may publish;
+	// joins from it fail with ErrClosed once c is closing.
 	OnLeave func(c *Conn, channel string)
 
 	// OnMessage receives the payloads that a client sends to the

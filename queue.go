@@ -36,7 +36,8 @@ type Frame struct {
 // frame: for every channel it is in, the position of the last message of
 // it that the frame or an earlier one carried. A client that reconnects
 // hands it back (SSE as Last-Event-ID, long-poll as its cursor) to receive
-// what it missed; see [Conn.Resume]. Call it only during Transport.Write.
+// what it missed; see [ConnInfo.Cursor]. Call it only during
+// Transport.Write.
 func (f Frame) Cursor() string { return encodeCursor(f.cursor) }
 
 // enqueue queues a message that is not a channel message (a reply, a
@@ -109,10 +110,9 @@ func (c *Conn) signal() {
 // write is the connection's writer goroutine: the only caller of the
 // transport's Write. It coalesces what is queued into frames and keeps
 // the resume cursor.
-func (c *Conn) write() {
+func (c *Conn) write(cursor map[string]Position) {
 	defer close(c.writerDone)
 	var data []byte
-	cursor := make(map[string]Position)
 	for {
 		batch, ok := c.next()
 		if !ok {

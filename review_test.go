@@ -4,7 +4,12 @@ package realtime_test
 
 import (
 	"context"
+	"encoding/json"
+	"net/http"
+	"net/url"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -198,4 +203,110 @@ func TestWebSocketBinaryFrameRefused(t *testing.T) {
 	rc := th.dialRaw(t)
 	require.NoError(t, rc.ws.Write(ctxT(t), websocket.MessageBinary, []byte(`{"type":"ping"}`)))
 	assert.Equal(t, "bad_frame", rc.next()["code"])
+}
+
+// A resumed stream's first events carry the cursor it resumed from, so a
+// client that drops again before the joins arrive loses nothing.
+func TestResumedStreamKeepsCursorUntilJoined(t *testing.T) {
+	t.Parallel()
+	th := newTestHub(t, nil, nil)
+	p, err := th.Publish(ctxT(t), "room", []byte(`1`))
+	require.NoError(t, err)
+	cursor := "room:" + p.Epoch + ":1"
+
+	s := openSSE(t, nil, th.base+"sse", cursor)
+	assert.Equal(t, cursor, s.lastID, "the welcome event's id")
+	_, open := openPoll(t, th.base+"poll", url.Values{"cursor": {cursor}})
+	assert.Equal(t, cursor, open.Cursor)
+}
+
+func TestRepeatedJoinKeepsPosition(t *testing.T) {
+	t.Parallel()
+	th := newTestHub(t, nil, nil)
+	ctx := ctxT(t)
+	for i := 0; i < 5; i++ {
+		_, err := th.Publish(ctx, "a", []byte(`1`))
+		require.NoError(t, err)
+	}
+	c := th.dial(t, nil)
+	first, err := c.Join(ctx, "a")
+	require.NoError(t, err)
+	assert.Equal(t, uint64(5), first.Offset)
+	again, err := c.Join(ctx, "a")
+	require.NoError(t, err)
+	assert.Equal(t, first, again)
+}
+
+func TestLongPollCursorForgetsLeftChannels(t *testing.T) {
+	t.Parallel()
+	th := newTestHub(t, nil, nil)
+	base := th.base + "poll"
+	session, first := openPoll(t, base, nil)
+	require.Equal(t, http.StatusAccepted, postCommand(t, base, session, `{"type":"join","channel":"a"}`, nil))
+	r := poll(t, base, session, first.Seq)
+	require.NotEmpty(t, r.Cursor)
+	require.Equal(t, http.StatusAccepted, postCommand(t, base, session, `{"type":"leave","channel":"a"}`, nil))
+	r = poll(t, base, session, r.Seq)
+	require.Equal(t, "left", r.Messages[0]["type"])
+	assert.Empty(t, r.Cursor)
+}
+
+func TestCommandsOfOneSessionRunOneAtATime(t *testing.T) {
+	t.Parallel()
+	var running, most atomic.Int32
+	th := newTestHub(t, &realtime.Options{
+		OnMessage: func(ctx context.Context, c *realtime.Conn, data []byte) error {
+			n := running.Add(1)
+			defer running.Add(-1)
+			for {
+				m := most.Load()
+				if n <= m || most.CompareAndSwap(m, n) {
+					break
+				}
+			}
+			time.Sleep(5 * time.Millisecond)
+			return nil
+		},
+	}, nil)
+	s := openSSE(t, nil, th.base+"sse", "")
+	var wg sync.WaitGroup
+	for i := 0; i < 10; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			assert.Equal(t, http.StatusAccepted, s.post(`{"type":"send","data":1}`))
+		}()
+	}
+	wg.Wait()
+	assert.Equal(t, int32(1), most.Load())
+}
+
+func TestLongPollChecksOriginAndIdentity(t *testing.T) {
+	t.Parallel()
+	th := newTestHub(t, &realtime.Options{
+		Authenticate: func(r *http.Request) (realtime.Identity, error) {
+			return realtime.Identity{UserID: r.Header.Get("X-User")}, nil
+		},
+	}, nil)
+	base := th.base + "poll"
+	req, _ := http.NewRequest(http.MethodGet, base, nil)
+	req.Header.Set("X-User", "alice")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	var open pollReply
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&open))
+	resp.Body.Close()
+	session := open.Messages[0]["session"].(string)
+
+	for _, h := range []http.Header{
+		{"X-User": {"bob"}},
+		{"X-User": {"alice"}, "Origin": {"https://evil.test"}},
+	} {
+		req, _ := http.NewRequest(http.MethodGet, base+"?session="+session+"&ack=1", nil)
+		req.Header = h
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		assert.Equal(t, http.StatusForbidden, resp.StatusCode, "%v", h)
+	}
 }

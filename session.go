@@ -17,19 +17,40 @@ const SessionHeader = "Realtime-Session"
 // sessions maps the session secrets of one transport to connections.
 type sessions struct {
 	mu sync.Mutex
-	m  map[string]*Conn
+	m  map[string]*session
 }
 
-func (s *sessions) add(token string, c *Conn) {
+type session struct {
+	// ready is closed once conn is set (nil if the connection could not
+	// be made): the welcome that carries the secret may reach the client
+	// before Hub.Connect returns.
+	ready chan struct{}
+	conn  *Conn
+	// receive serialises the POSTs of the session: Conn.Receive takes one
+	// frame at a time.
+	receive sync.Mutex
+}
+
+// reserve registers token before its connection exists; the caller sets
+// it with session.set.
+func (s *sessions) reserve(token string) *session {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.m == nil {
-		s.m = make(map[string]*Conn)
+		s.m = make(map[string]*session)
 	}
-	s.m[token] = c
+	ss := &session{ready: make(chan struct{})}
+	s.m[token] = ss
+	return ss
 }
 
-func (s *sessions) get(token string) *Conn {
+// set records the session's connection, or its absence.
+func (ss *session) set(c *Conn) {
+	ss.conn = c
+	close(ss.ready)
+}
+
+func (s *sessions) get(token string) *session {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.m[token]
@@ -49,21 +70,27 @@ func (h *Hub) serveCommands(w http.ResponseWriter, r *http.Request, s *sessions)
 		http.Error(w, "realtime: commands must be sent as application/json", http.StatusUnsupportedMediaType)
 		return
 	}
-	c := h.sessionConn(w, r, s)
-	if c == nil {
+	ss := h.session(w, r, s, r.Header.Get(SessionHeader))
+	if ss == nil {
 		return
 	}
+	c := ss.conn
 	frame, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(h.opts.MaxMessageSize)))
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
+			// As on WebSocket, an oversized frame ends the connection.
+			c.CloseNow(CloseTooLarge, "frame larger than the message size limit")
 			http.Error(w, "realtime: frame larger than the message size limit", http.StatusRequestEntityTooLarge)
 			return
 		}
 		http.Error(w, "realtime: reading the request failed", http.StatusBadRequest)
 		return
 	}
-	if err := c.Receive(r.Context(), frame); err != nil {
+	ss.receive.Lock()
+	err = c.Receive(r.Context(), frame)
+	ss.receive.Unlock()
+	if err != nil {
 		writeJSONError(w, http.StatusNotFound, "unknown_session", "the session has ended: reconnect")
 		return
 	}
@@ -73,39 +100,45 @@ func (h *Hub) serveCommands(w http.ResponseWriter, r *http.Request, s *sessions)
 // serveClose handles a DELETE that ends the connection the session header
 // names, as a client's WebSocket close frame would (CloseNormal).
 func (h *Hub) serveClose(w http.ResponseWriter, r *http.Request, s *sessions) {
-	c := h.sessionConn(w, r, s)
-	if c == nil {
+	ss := h.session(w, r, s, r.Header.Get(SessionHeader))
+	if ss == nil {
 		return
 	}
-	c.Close(CloseNormal, "closed by client")
+	ss.conn.Close(CloseNormal, "closed by client")
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// sessionConn finds the connection a request addresses, checking origin,
-// session and identity, or writes the refusal and returns nil.
-func (h *Hub) sessionConn(w http.ResponseWriter, r *http.Request, s *sessions) *Conn {
+// session finds the session a request addresses with token, checking
+// origin and identity, or writes the refusal and returns nil.
+func (h *Hub) session(w http.ResponseWriter, r *http.Request, s *sessions, token string) *session {
 	if err := h.CheckOrigin(r); err != nil {
 		http.Error(w, err.Error(), http.StatusForbidden)
 		return nil
 	}
-	token := r.Header.Get(SessionHeader)
 	if token == "" {
-		http.Error(w, "realtime: missing "+SessionHeader+" header", http.StatusBadRequest)
+		http.Error(w, "realtime: missing session", http.StatusBadRequest)
 		return nil
 	}
-	c := s.get(token)
-	if c == nil {
+	ss := s.get(token)
+	if ss != nil {
+		select {
+		case <-ss.ready:
+		case <-r.Context().Done():
+			ss = nil
+		}
+	}
+	if ss == nil || ss.conn == nil {
 		writeJSONError(w, http.StatusNotFound, "unknown_session", "no such session: reconnect")
 		return nil
 	}
 	if h.opts.Authenticate != nil {
 		id, err := h.opts.Authenticate(r)
-		if err != nil || id.UserID != c.Identity().UserID {
+		if err != nil || id.UserID != ss.conn.Identity().UserID {
 			http.Error(w, "realtime: the session belongs to another identity", http.StatusForbidden)
 			return nil
 		}
 	}
-	return c
+	return ss
 }
 
 func writeJSONError(w http.ResponseWriter, status int, code, message string) {

@@ -29,7 +29,7 @@ type SSEOptions struct {
 // one frame of PROTOCOL.md in its data field, with the connection's
 // cursor (see [Frame.Cursor]) as its id, so that a reconnecting
 // EventSource resumes by itself: the Last-Event-ID header, or a
-// lastEventId query parameter, hands the cursor back to [Conn.Resume].
+// lastEventId query parameter, hands the cursor back ([ConnInfo.Cursor]).
 // The welcome message carries a session secret; the client sends its
 // commands by POST to the same URL with that secret in the
 // [SessionHeader] header and a JSON body.
@@ -94,21 +94,18 @@ func (s *sseHandler) stream(w http.ResponseWriter, r *http.Request) {
 	t := &sseTransport{w: w, rc: rc}
 	t.writeRaw("retry: " + strconv.FormatInt(s.opts.Retry.Milliseconds(), 10) + "\n\n")
 
-	token := randomToken(16)
-	c, err := s.hub.Connect(t, ConnInfo{Identity: id, Session: token})
-	if err != nil {
-		t.writeRaw("data: " + closeFrame(CloseGoingAway, "server shutting down") + "\n\n")
-		return
-	}
-	s.sessions.add(token, c)
-	defer s.sessions.remove(token)
-
 	cursor := r.Header.Get("Last-Event-ID")
 	if cursor == "" {
 		cursor = r.URL.Query().Get("lastEventId")
 	}
-	if cursor != "" {
-		c.Resume(c.Context(), cursor)
+	token := randomToken(16)
+	ss := s.sessions.reserve(token)
+	defer s.sessions.remove(token)
+	c, err := s.hub.Connect(t, ConnInfo{Identity: id, Session: token, Cursor: cursor})
+	ss.set(c)
+	if err != nil {
+		t.writeRaw("data: " + closeFrame(CloseGoingAway, "server shutting down") + "\n\n")
+		return
 	}
 
 	tick := time.NewTicker(s.opts.Heartbeat)

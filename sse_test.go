@@ -289,7 +289,6 @@ func TestSSECommandRules(t *testing.T) {
 	assert.Equal(t, http.StatusForbidden, postCommand(t, url, s.session, `{"type":"ping"}`, http.Header{"X-User": {"bob"}}))
 	assert.Equal(t, http.StatusForbidden, postCommand(t, url, s.session, `{"type":"ping"}`,
 		http.Header{"X-User": {"ann"}, "Origin": {"https://evil.test"}}))
-	assert.Equal(t, http.StatusRequestEntityTooLarge, postCommand(t, url, s.session, strings.Repeat(" ", 2000), asAnn))
 	assert.Equal(t, http.StatusUnsupportedMediaType, postCommand(t, url, s.session, `{}`,
 		http.Header{"X-User": {"ann"}, "Content-Type": {"text/plain"}}))
 
@@ -298,6 +297,12 @@ func TestSSECommandRules(t *testing.T) {
 	assert.Equal(t, "bad_frame", s.next()["code"])
 	assert.Equal(t, http.StatusAccepted, postCommand(t, url, s.session, `{"type":"x","id":2}`, asAnn))
 	assert.Equal(t, "unknown_type", s.next()["code"])
+
+	// As on WebSocket, an oversized frame ends the connection with 1009.
+	assert.Equal(t, http.StatusRequestEntityTooLarge, postCommand(t, url, s.session, strings.Repeat(" ", 2000), asAnn))
+	m := s.next()
+	assert.Equal(t, "close", m["type"])
+	assert.Equal(t, float64(realtime.CloseTooLarge), m["code"])
 
 	// The stream of another origin is refused too.
 	req, _ := http.NewRequest(http.MethodGet, url, nil)
