@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"log/slog"
+	"maps"
 	"sort"
 	"sync"
 )
@@ -147,7 +148,7 @@ func (h *Hub) Connect(t Transport, info ConnInfo) (*Conn, error) {
 	}
 	c.enqueue(welcome.end())
 	resume, cursorErr := parseCursor(info.Cursor, h.opts.MaxChannels)
-	go c.write(resume)
+	go c.write(maps.Clone(resume)) // the writer's own copy
 	c.log.Debug("realtime conn opened", slog.String("user", info.Identity.UserID))
 	if h.opts.OnConnect != nil {
 		h.opts.OnConnect(c)

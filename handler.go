@@ -40,10 +40,12 @@ func NewHandler(h *Hub, opts *HandlerOptions) http.Handler {
 		"realtime.d.ts": embeddedFile("web/realtime.d.ts", "application/typescript; charset=utf-8"),
 	}}
 	neg := []byte(`{"protocol":"` + Subprotocol + `","transports":[`)
+	offered := 0
 	offer := func(name, path string, h http.Handler) {
-		if len(m.routes) > 1 {
+		if offered > 0 {
 			neg = append(neg, ',')
 		}
+		offered++
 		m.routes[path] = h
 		neg = append(neg, `{"name":"`+name+`","path":"`+path+`"}`...)
 	}
