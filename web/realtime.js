@@ -176,11 +176,15 @@ function httpConnection(ep, name, cb) {
     close() {
       if (http.ended) return;
       http.ended = true;
-      http.onend();
-      if (http.session) {
-        fetch(ep.url(name), { method: 'DELETE', headers: { 'Realtime-Session': http.session }, keepalive: true })
-          .catch(() => {});
+      if (!http.session) {
+        http.onend();
+        return;
       }
+      // The DELETE goes first: the server should learn of a clean close
+      // (1000) before it sees the stream drop (1006).
+      fetch(ep.url(name), { method: 'DELETE', headers: { 'Realtime-Session': http.session }, keepalive: true })
+        .catch(() => {})
+        .finally(() => http.onend());
     },
   };
 
