@@ -1,0 +1,358 @@
+// Package redisbackplane is a [realtime.Backplane] on Redis, so that hubs
+// on many nodes share their channels.
+//
+// Each node makes its own Backplane with [New] on a shared Redis client
+// and gives it to [realtime.New] in Options.Backplane. Positions and
+// history live in Redis: one Lua script gives a message its position,
+// appends it to the channel's stream and publishes it, so every node sees
+// the messages of a channel in position order. Each node holds one Pub/Sub
+// connection for all its channels.
+//
+// # Keys
+//
+// For a channel C and the prefix P, the backplane uses the keys
+// "P:{C}:epoch", "P:{C}:offset" and "P:{C}:history" (a stream), and the
+// Pub/Sub channel "P:msg:C". The braces keep a channel's keys in one
+// Redis Cluster slot. The keys expire HistoryTTL after the channel's last
+// message.
+package redisbackplane
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/realtimekit/realtime"
+)
+
+// Options configures a Backplane. The zero value of every field means its
+// default; nil means all defaults.
+type Options struct {
+	// Prefix namespaces every key and Pub/Sub channel the backplane uses.
+	// Nodes share channels only when they share the prefix. It must not
+	// contain '{' or '}'. The default, "", is "realtime".
+	Prefix string
+
+	// HistorySize is how many recent messages each channel keeps for
+	// recovery; Redis trims approximately, so a few more may stay. The
+	// default, 0, is 1000; a negative value keeps none, and History then
+	// refuses every recovery with realtime.ErrUnrecoverable.
+	HistorySize int
+
+	// HistoryTTL is how long a channel's history and numbering outlive its
+	// last message. After that the channel starts a new epoch, whether or
+	// not some node follows it. The default, 0, is 5 minutes.
+	HistoryTTL time.Duration
+
+	// Logger receives what has no caller to return it to: a lost Pub/Sub
+	// connection (messages published meanwhile are lost) at Error, and
+	// reconnect attempts at Warn. The default, nil, logs nothing.
+	Logger *slog.Logger
+}
+
+// queueLimit bounds how many messages wait for Receive. When it is
+// reached the node stops reading its Pub/Sub connection; Redis then
+// buffers for it, up to its client-output-buffer-limit for pubsub.
+const queueLimit = 1 << 16
+
+// healthInterval is how long the Pub/Sub connection may stay silent
+// before the node pings Redis to find out whether it is still there.
+const healthInterval = 30 * time.Second
+
+// Backplane is one node's [realtime.Backplane] on Redis. It is safe for
+// concurrent use; the zero value is not usable: create one with [New].
+// The Hub that uses it closes it; Close does not close the Redis client,
+// which belongs to the caller and must outlive the Backplane.
+type Backplane struct {
+	client      redis.UniversalClient
+	ps          *redis.PubSub
+	logger      *slog.Logger
+	prefix      string
+	msgPrefix   string
+	historySize int
+	historyTTL  time.Duration
+
+	// life ends when Close begins; it bounds the reader goroutine and
+	// every call in flight.
+	life    context.Context
+	stop    context.CancelFunc
+	wg      sync.WaitGroup
+	closing sync.Once
+
+	mu       sync.Mutex
+	closed   bool
+	subs     map[string]struct{}
+	queue    []realtime.Message
+	ready    chan struct{} // signalled when queue becomes non-empty
+	space    chan struct{} // closed and replaced when queue empties
+	pings    map[string]chan struct{}
+	nextPing uint64
+}
+
+// New returns a node's backplane on client, which several nodes (and the
+// application) may share. client is a *redis.Client (also one from
+// redis.NewFailoverClient) or a *redis.ClusterClient; a *redis.Ring is
+// refused. It starts one goroutine that reads the node's
+// Pub/Sub connection until Close. New does no I/O: an unreachable Redis
+// shows in the first call, and the Pub/Sub connection is retried in the
+// background.
+func New(client redis.UniversalClient, opts *Options) (*Backplane, error) {
+	switch client.(type) {
+	case nil:
+		return nil, errors.New("redisbackplane: nil client")
+	case *redis.Ring:
+		// A Ring publishes on one shard and subscribes on another.
+		return nil, errors.New("redisbackplane: a redis.Ring is not supported")
+	}
+	var o Options
+	if opts != nil {
+		o = *opts
+	}
+	if o.Prefix == "" {
+		o.Prefix = "realtime"
+	}
+	if strings.ContainsAny(o.Prefix, "{}") {
+		return nil, fmt.Errorf("redisbackplane: prefix %q contains a brace", o.Prefix)
+	}
+	switch {
+	case o.HistorySize == 0:
+		o.HistorySize = 1000
+	case o.HistorySize < 0:
+		o.HistorySize = 0
+	}
+	if o.HistoryTTL <= 0 {
+		o.HistoryTTL = 5 * time.Minute
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+
+	life, stop := context.WithCancel(context.Background())
+	b := &Backplane{
+		client:      client,
+		ps:          client.Subscribe(life),
+		logger:      o.Logger,
+		prefix:      o.Prefix,
+		msgPrefix:   o.Prefix + ":msg:",
+		historySize: o.HistorySize,
+		historyTTL:  o.HistoryTTL,
+		life:        life,
+		stop:        stop,
+		subs:        make(map[string]struct{}),
+		ready:       make(chan struct{}, 1),
+		space:       make(chan struct{}),
+		pings:       make(map[string]chan struct{}),
+	}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		b.read(life)
+	}()
+	return b, nil
+}
+
+// keys returns the epoch, offset and history keys of channel.
+func (b *Backplane) keys(channel string) []string {
+	base := b.prefix + ":{" + channel + "}:"
+	return []string{base + "epoch", base + "offset", base + "history"}
+}
+
+// publishScript gives a message the next position of its channel, keeps it
+// in the channel's history and publishes it, in one step.
+//
+// KEYS: epoch, offset, history. ARGV: a fresh epoch (used if the channel
+// has none), history size (0 keeps none), TTL in ms, Pub/Sub channel,
+// payload. It returns {epoch, offset}.
+var publishScript = redis.NewScript(`
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+	epoch = ARGV[1]
+	redis.call('SET', KEYS[1], epoch)
+	redis.call('DEL', KEYS[2], KEYS[3])
+end
+local offset = redis.call('INCR', KEYS[2])
+local id = string.format('%d', offset)
+local size = tonumber(ARGV[2])
+if size > 0 then
+	redis.call('XADD', KEYS[3], 'MAXLEN', '~', size, id .. '-0', 'd', ARGV[5])
+	redis.call('PEXPIRE', KEYS[3], ARGV[3])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PUBLISH', ARGV[4], id .. ' ' .. epoch .. ' ' .. ARGV[5])
+return {epoch, offset}
+`)
+
+// Publish gives data the next position of channel and publishes it to
+// every node that follows the channel. It blocks for one round trip to
+// Redis. data is not retained.
+func (b *Backplane) Publish(ctx context.Context, channel string, data []byte) (realtime.Position, error) {
+	ctx, done, err := b.call(ctx)
+	if err != nil {
+		return realtime.Position{}, err
+	}
+	defer done()
+
+	res, err := publishScript.Run(ctx, b.client, b.keys(channel),
+		newEpoch(),
+		b.historySize,
+		b.historyTTL.Milliseconds(),
+		b.msgPrefix+channel,
+		data,
+	).Slice()
+	if err != nil {
+		return realtime.Position{}, b.wrap(ctx, "publish", err)
+	}
+	epoch, _ := res[0].(string)
+	offset, _ := res[1].(int64)
+	if len(res) != 2 || epoch == "" || offset < 1 {
+		return realtime.Position{}, fmt.Errorf("redisbackplane: publish: unexpected reply %v", res)
+	}
+	return realtime.Position{Epoch: epoch, Offset: uint64(offset)}, nil
+}
+
+// History returns the messages of channel after since and the channel's
+// latest position, read from Redis in one transaction.
+func (b *Backplane) History(ctx context.Context, channel string, since realtime.Position) ([]realtime.Message, realtime.Position, error) {
+	ctx, done, err := b.call(ctx)
+	if err != nil {
+		return nil, realtime.Position{}, err
+	}
+	defer done()
+
+	keys := b.keys(channel)
+	var epochCmd, offsetCmd *redis.StringCmd
+	var rangeCmd *redis.XMessageSliceCmd
+	_, err = b.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		epochCmd = p.Get(ctx, keys[0])
+		offsetCmd = p.Get(ctx, keys[1])
+		if since != (realtime.Position{}) && b.historySize > 0 {
+			start := strconv.FormatUint(since.Offset+1, 10)
+			rangeCmd = p.XRange(ctx, keys[2], start, "+")
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, realtime.Position{}, b.wrap(ctx, "history", err)
+	}
+
+	epoch, err := epochCmd.Result()
+	if errors.Is(err, redis.Nil) {
+		// Redis does not know the channel.
+		if since == (realtime.Position{}) {
+			return nil, realtime.Position{}, nil
+		}
+		return nil, realtime.Position{}, unrecoverable(channel, "unknown channel")
+	}
+	offset, err := offsetCmd.Uint64()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, realtime.Position{}, fmt.Errorf("redisbackplane: history: %w", err)
+	}
+	latest := realtime.Position{Epoch: epoch, Offset: offset}
+
+	switch {
+	case since == (realtime.Position{}):
+		return nil, latest, nil
+	case since.Epoch != epoch:
+		return nil, latest, unrecoverable(channel, "epoch changed")
+	case since.Offset > offset:
+		return nil, latest, unrecoverable(channel, "position ahead of the channel")
+	case since.Offset == offset:
+		return nil, latest, nil
+	case rangeCmd == nil:
+		return nil, latest, unrecoverable(channel, "no history kept")
+	}
+	msgs, err := b.decodeRange(channel, since, offset, rangeCmd)
+	return msgs, latest, err
+}
+
+// decodeRange turns the stream entries after since, up to offset, into
+// messages, refusing when some were trimmed.
+func (b *Backplane) decodeRange(channel string, since realtime.Position, offset uint64, cmd *redis.XMessageSliceCmd) ([]realtime.Message, error) {
+	entries, err := cmd.Result()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("redisbackplane: history: %w", err)
+	}
+	want := offset - since.Offset
+	if uint64(len(entries)) < want {
+		return nil, unrecoverable(channel, "history trimmed")
+	}
+	msgs := make([]realtime.Message, 0, want)
+	for i, e := range entries[:want] {
+		n, err := entryOffset(e.ID)
+		if err != nil {
+			return nil, fmt.Errorf("redisbackplane: history: %w", err)
+		}
+		if n != since.Offset+1+uint64(i) {
+			return nil, unrecoverable(channel, "history trimmed")
+		}
+		data, _ := e.Values["d"].(string)
+		msgs = append(msgs, realtime.Message{
+			Channel:  channel,
+			Data:     []byte(data),
+			Position: realtime.Position{Epoch: since.Epoch, Offset: n},
+		})
+	}
+	return msgs, nil
+}
+
+// entryOffset returns the offset that a stream entry ID "<offset>-0"
+// carries.
+func entryOffset(id string) (uint64, error) {
+	ms, _, _ := strings.Cut(id, "-")
+	n, err := strconv.ParseUint(ms, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("bad stream entry ID %q", id)
+	}
+	return n, nil
+}
+
+func unrecoverable(channel, why string) error {
+	return fmt.Errorf("redisbackplane: history of %q: %s: %w", channel, why, realtime.ErrUnrecoverable)
+}
+
+// call checks that b is open and returns a context that also ends when
+// Close begins, with its release function.
+func (b *Backplane) call(ctx context.Context) (context.Context, func(), error) {
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	b.mu.Lock()
+	closed := b.closed
+	b.mu.Unlock()
+	if closed {
+		return nil, nil, realtime.ErrClosed
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	stop := context.AfterFunc(b.life, func() { cancel(realtime.ErrClosed) })
+	return ctx, func() {
+		stop()
+		cancel(nil)
+	}, nil
+}
+
+// wrap names op in err, and reports ErrClosed when Close cut the call.
+func (b *Backplane) wrap(ctx context.Context, op string, err error) error {
+	if b.life.Err() != nil {
+		// Close began; the call may have failed on the closed Pub/Sub
+		// connection before its ctx learned of it.
+		err = realtime.ErrClosed
+	}
+	return fmt.Errorf("redisbackplane: %s: %w", op, err)
+}
+
+// newEpoch returns a random epoch name.
+func newEpoch() string {
+	var b [9]byte
+	rand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
