@@ -150,8 +150,24 @@ func (th *testHub) dialRaw(t testing.TB) *rawConn {
 // waitConns waits until the hub has n connections.
 func (th *testHub) waitConns(t testing.TB, n int) {
 	t.Helper()
+	th.waitConnsWithin(t, n, 10*time.Second)
+}
+
+func (th *testHub) waitConnsWithin(t testing.TB, n int, d time.Duration) {
+	t.Helper()
 	require.Eventually(t, func() bool { return len(th.Conns()) == n },
-		10*time.Second, 5*time.Millisecond, "want %d connections, have %d", n, len(th.Conns()))
+		d, 5*time.Millisecond, "want %d connections, have %d; ended: %v", n, len(th.Conns()), th.disconnectReasons())
+}
+
+// disconnectReasons counts the reasons connections ended for, so far.
+func (th *testHub) disconnectReasons() map[string]int {
+	th.mu.Lock()
+	defer th.mu.Unlock()
+	reasons := make(map[string]int)
+	for _, r := range th.disconnects {
+		reasons[r.Error()]++
+	}
+	return reasons
 }
 
 func ctxT(t testing.TB) context.Context {
