@@ -22,6 +22,13 @@ type Message struct {
 	Channel  string
 	Data     []byte
 	Position Position
+
+	// Gap, when set, makes this a signal rather than a message: the
+	// backplane may have lost messages of Channel (of every channel this
+	// node follows, when Channel is empty), for example while its
+	// connection to the broker was down. The Hub tells each member of the
+	// affected channels with a "gap" message, so that clients resync.
+	Gap bool
 }
 
 // Backplane orders the messages of every channel and carries them to each
@@ -39,8 +46,8 @@ type Message struct {
 // Publish gives the message the next Position of its channel and makes it
 // reach Receive on every node subscribed to the channel, this node
 // included, in Position order per channel. Delivery is at most once: a
-// message may be lost only together with a signal to the Hub (a later
-// revision of this interface carries such signals), never silently. Data
+// message may be lost only together with a signal to the Hub, a Message
+// with Gap set, never silently. Data
 // belongs to the caller once Publish returns; an implementation that keeps
 // it must copy it.
 //

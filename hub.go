@@ -277,6 +277,10 @@ func (h *Hub) receive(ctx context.Context) {
 // deliver queues m for every local member of its channel. It never
 // blocks on a connection: a full queue triggers the slow-consumer policy.
 func (h *Hub) deliver(m Message) {
+	if m.Gap {
+		h.deliverGap(m.Channel)
+		return
+	}
 	h.mu.RLock()
 	ch := h.channels[m.Channel]
 	h.mu.RUnlock()
@@ -306,6 +310,30 @@ func (h *Hub) deliver(m Message) {
 			continue
 		}
 		c.push(it)
+	}
+}
+
+// deliverGap tells the members of name (of every channel, when name is
+// empty) that the backplane may have lost messages of it.
+func (h *Hub) deliverGap(name string) {
+	h.mu.RLock()
+	affected := make(map[string]*channel)
+	for n, ch := range h.channels {
+		if name == "" || n == name {
+			affected[n] = ch
+		}
+	}
+	h.mu.RUnlock()
+	if len(affected) > 0 {
+		h.log.Warn("realtime backplane reported lost messages", slog.String("channel", name))
+	}
+	for n, ch := range affected {
+		gap := newMessage("gap", 0).str("channel", n).end()
+		ch.mu.Lock()
+		for _, c := range ch.members {
+			c.enqueue(gap)
+		}
+		ch.mu.Unlock()
 	}
 }
 

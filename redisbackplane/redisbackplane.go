@@ -15,6 +15,15 @@
 // Pub/Sub channel "P:msg:C". The braces keep a channel's keys in one
 // Redis Cluster slot. The keys expire HistoryTTL after the channel's last
 // message.
+//
+// # Losing Redis
+//
+// When the Pub/Sub connection fails, the backplane dials again and
+// subscribes every channel again by itself. Messages published meanwhile
+// do not reach this node, so once it is back, Receive returns a gap
+// signal (a realtime.Message with Gap set) and the Hub tells every member
+// of its channels; clients that reconnect recover from the history.
+// Publishes while Redis is down fail with an error.
 package redisbackplane
 
 import (
@@ -54,8 +63,9 @@ type Options struct {
 	HistoryTTL time.Duration
 
 	// Logger receives what has no caller to return it to: a lost Pub/Sub
-	// connection (messages published meanwhile are lost) at Error, and
-	// reconnect attempts at Warn. The default, nil, logs nothing.
+	// connection at Error (the messages published meanwhile are lost, and
+	// Receive reports a gap once the connection is back), reconnect
+	// attempts at Warn. The default, nil, logs nothing.
 	Logger *slog.Logger
 }
 

@@ -154,6 +154,7 @@ func (b *Backplane) Close() error {
 // connection until ctx ends, queueing messages and waking barriers.
 func (b *Backplane) read(ctx context.Context) {
 	backoff := 100 * time.Millisecond
+	lost := false // the connection failed since the last message
 	for {
 		msg, err := b.ps.ReceiveTimeout(ctx, healthInterval)
 		if ctx.Err() != nil {
@@ -169,6 +170,7 @@ func (b *Backplane) read(ctx context.Context) {
 		case err != nil:
 			b.logger.ErrorContext(ctx, "redis pubsub connection failed: messages published meanwhile are lost",
 				"err", err)
+			lost = true
 			if !b.sleep(ctx, backoff) {
 				return
 			}
@@ -176,6 +178,14 @@ func (b *Backplane) read(ctx context.Context) {
 			continue
 		}
 		backoff = 100 * time.Millisecond
+		if lost {
+			// Back, and subscribed again: what was published meanwhile is
+			// gone, and the hub must tell its clients.
+			lost = false
+			if !b.enqueue(ctx, realtime.Message{Gap: true}) {
+				return
+			}
+		}
 
 		switch m := msg.(type) {
 		case *redis.Message:
@@ -218,9 +228,16 @@ func (b *Backplane) deliver(ctx context.Context, m *redis.Message) bool {
 		b.logger.ErrorContext(ctx, "redis backplane message dropped", "topic", channel, "err", err)
 		return true
 	}
+	return b.enqueue(ctx, msg)
+}
+
+// enqueue queues msg for Receive (a gap signal always; a message if this
+// node follows its channel), waiting while the queue is full. It reports
+// false when ctx ended.
+func (b *Backplane) enqueue(ctx context.Context, msg realtime.Message) bool {
 	for {
 		b.mu.Lock()
-		if _, ok := b.subs[channel]; !ok || b.closed {
+		if _, ok := b.subs[msg.Channel]; (!ok && !msg.Gap) || b.closed {
 			b.mu.Unlock()
 			return true
 		}
