@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"fmt"
 	"sync"
 	"time"
 )
@@ -29,7 +30,17 @@ type Message struct {
 	// connection to the broker was down. The Hub tells each member of the
 	// affected channels with a "gap" message, so that clients resync.
 	Gap bool
+
+	// Direct marks a node-addressed message: Data was sent to this node
+	// with [Backplane.Send]. Only Data is set. The Hub uses these to
+	// forward SSE and long-poll requests to the node that holds their
+	// connection, so that a cluster needs no sticky sessions.
+	Direct bool
 }
+
+// MaxDirectSize is the largest Data a Hub gives [Backplane.Send]. Every
+// backplane must carry direct messages up to this size.
+const MaxDirectSize = 512 << 10
 
 // Backplane orders the messages of every channel and carries them to each
 // hub node that follows the channel. A Hub uses one Backplane for its whole
@@ -75,15 +86,39 @@ type Message struct {
 // logged; an error from Receive is logged and Receive is called again
 // after a pause, unless the error matches [ErrClosed].
 //
+// Node names this node: a name no other live node sharing the broker has,
+// made of the characters [A-Za-z0-9_-] (so that it fits a broker's
+// subject or channel name). It never changes.
+//
+// Send delivers data to Receive on the node named node, as a Message with
+// Direct set, at most once and in no particular order relative to other
+// messages. It must carry data up to [MaxDirectSize]. When the backplane
+// can tell that no such node is live, it returns an error matching
+// [ErrUnknownNode]; otherwise the message is lost quietly, and the Hub's
+// own timeouts deal with it. Sending to this node's own name works. A new
+// node can be reached once its Health has returned nil.
+//
+// Health returns nil while the backplane can deliver: it reaches its
+// broker and every subscription is in place. While the broker is
+// unreachable or subscriptions are being restored it returns an error
+// saying so. The Hub's readiness handler ([Hub.ReadyHandler]) reports it
+// to load balancers; it may be called often, so it should be cheap.
+//
 // Close releases every resource and goroutine of the backplane and makes
 // blocked and later calls return an error matching ErrClosed. The Hub
 // calls it once, after its last other call has returned.
+//
+// The package backplanetest checks all of this against a live broker;
+// run it in the tests of every implementation.
 type Backplane interface {
 	Publish(ctx context.Context, channel string, data []byte) (Position, error)
 	Subscribe(ctx context.Context, channel string) error
 	Unsubscribe(ctx context.Context, channel string) error
 	Receive(ctx context.Context) ([]Message, error)
 	History(ctx context.Context, channel string, since Position) ([]Message, Position, error)
+	Node() string
+	Send(ctx context.Context, node string, data []byte) error
+	Health(ctx context.Context) error
 	Close() error
 }
 
@@ -116,6 +151,7 @@ type MemoryBroker struct {
 
 	mu        sync.Mutex
 	channels  map[string]*memoryChannel
+	nodes     map[string]*memoryNode
 	lastSweep time.Time
 	// space is closed and replaced whenever a node's queue shrinks, waking
 	// publishers that wait for room.
@@ -160,6 +196,7 @@ func NewMemoryBroker(opts *MemoryOptions) *MemoryBroker {
 		historyTTL:  o.HistoryTTL,
 		now:         time.Now,
 		channels:    make(map[string]*memoryChannel),
+		nodes:       make(map[string]*memoryNode),
 		space:       make(chan struct{}),
 	}
 }
@@ -173,16 +210,22 @@ func NewMemoryBackplane(opts *MemoryOptions) Backplane {
 // Backplane returns a new node's backplane on b. Close it to detach the
 // node.
 func (b *MemoryBroker) Backplane() Backplane {
-	return &memoryNode{
+	n := &memoryNode{
 		broker: b,
+		name:   randomToken(9),
 		subs:   make(map[string]struct{}),
 		ready:  make(chan struct{}, 1),
 		closed: make(chan struct{}),
 	}
+	b.mu.Lock()
+	b.nodes[n.name] = n
+	b.mu.Unlock()
+	return n
 }
 
 type memoryNode struct {
 	broker *MemoryBroker
+	name   string
 	ready  chan struct{} // signalled when queue becomes non-empty
 	closed chan struct{}
 
@@ -430,6 +473,41 @@ func (n *memoryNode) Receive(ctx context.Context) ([]Message, error) {
 	}
 }
 
+func (n *memoryNode) Node() string { return n.name }
+
+// Send queues data for the node named node. Direct messages do not count
+// against the queue limit: the Hub bounds them by its requests in flight.
+func (n *memoryNode) Send(ctx context.Context, node string, data []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if len(data) > MaxDirectSize {
+		return fmt.Errorf("realtime: direct message of %d bytes exceeds MaxDirectSize", len(data))
+	}
+	b := n.broker
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if n.isClosed {
+		return ErrClosed
+	}
+	to := b.nodes[node]
+	if to == nil {
+		return fmt.Errorf("%w: %q", ErrUnknownNode, node)
+	}
+	to.push(Message{Direct: true, Data: append([]byte(nil), data...)})
+	return nil
+}
+
+func (n *memoryNode) Health(ctx context.Context) error {
+	b := n.broker
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if n.isClosed {
+		return ErrClosed
+	}
+	return nil
+}
+
 // wakePublishers wakes every publisher waiting for room. b.mu is held.
 func (b *MemoryBroker) wakePublishers() {
 	close(b.space)
@@ -441,6 +519,7 @@ func (n *memoryNode) Close() error {
 		b := n.broker
 		b.mu.Lock()
 		n.isClosed = true
+		delete(b.nodes, n.name)
 		for channel := range n.subs {
 			n.unsubscribeLocked(channel)
 		}

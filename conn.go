@@ -293,6 +293,7 @@ func (c *Conn) finish() {
 
 	level := slog.LevelDebug
 	if reason.Code == CloseSlowConsumer {
+		c.hub.stats.slow.Add(1)
 		level = slog.LevelWarn
 	}
 	c.log.Log(context.Background(), level, "realtime conn closed",

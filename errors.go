@@ -37,6 +37,10 @@ var (
 	// that far, or the channel's numbering restarted.
 	ErrUnrecoverable = errors.New("realtime: history cannot recover the messages")
 
+	// ErrUnknownNode reports a Backplane.Send to a node that the
+	// backplane knows is not live.
+	ErrUnknownNode = errors.New("realtime: no such node")
+
 	// ErrTooLarge reports a payload larger than Options.MaxMessageSize.
 	ErrTooLarge = errors.New("realtime: payload too large")
 )

@@ -42,6 +42,8 @@ type Hub struct {
 
 	closeOnce sync.Once
 	closeErr  error
+
+	stats stats
 }
 
 // channel is one channel's local members.
@@ -278,6 +280,7 @@ func (h *Hub) receive(ctx context.Context) {
 // blocks on a connection: a full queue triggers the slow-consumer policy.
 func (h *Hub) deliver(m Message) {
 	if m.Gap {
+		h.stats.gaps.Add(1)
 		h.deliverGap(m.Channel)
 		return
 	}

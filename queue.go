@@ -79,6 +79,7 @@ func (c *Conn) tryPush(it item) (ok, slow bool) {
 	if !droppable || c.hub.opts.SlowConsumer != DropMessages {
 		return false, true
 	}
+	c.hub.stats.dropped.Add(1)
 	if c.lagged == nil {
 		c.lagged = make(map[string]struct{})
 	}

@@ -18,6 +18,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"strconv"
 	"sync"
 	"testing"
@@ -51,6 +52,8 @@ func Run(t *testing.T, factory Factory) {
 		{"ChurnLeavesNothingBehind", churnLeavesNothingBehind},
 		{"PayloadsKeepEveryByte", payloadsKeepEveryByte},
 		{"HistoryRecoversOrRefuses", historyRecoversOrRefuses},
+		{"DirectMessagesReachTheirNode", directMessagesReachTheirNode},
+		{"HealthyWhileConnected", healthyWhileConnected},
 		{"CallsEndWithContext", callsEndWithContext},
 		{"CloseEndsEverything", closeEndsEverything},
 	} {
@@ -289,4 +292,75 @@ func closeEndsEverything(t *testing.T, node NewNode) {
 	_, err := a.Publish(ctx, "x", []byte("late"))
 	assert.ErrorIs(t, err, realtime.ErrClosed)
 	assert.Less(t, time.Since(start), 5*time.Second, "a publish after Close must fail promptly")
+}
+
+var nodeName = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+
+// directMessagesReachTheirNode sends node-addressed messages, of every
+// byte value and up to realtime.MaxDirectSize, to another node and to the
+// sender itself, and one to a node that does not exist.
+func directMessagesReachTheirNode(t *testing.T, node NewNode) {
+	ctx := ctxFor(t)
+	a, b, c := node(), node(), node()
+	names := map[string]bool{}
+	for _, n := range []realtime.Backplane{a, b, c} {
+		require.Regexp(t, nodeName, n.Node())
+		require.Equal(t, n.Node(), n.Node(), "a node's name never changes")
+		names[n.Node()] = true
+	}
+	require.Len(t, names, 3, "node names must differ")
+	for _, n := range []realtime.Backplane{a, b, c} {
+		require.Eventually(t, func() bool { return n.Health(ctx) == nil }, 10*time.Second, 10*time.Millisecond,
+			"a node with a live broker must become healthy")
+	}
+	// A channel subscription of the same name changes nothing.
+	require.NoError(t, c.Subscribe(ctx, b.Node()))
+
+	every := make([]byte, 256)
+	for i := range every {
+		every[i] = byte(i)
+	}
+	big := bytes.Repeat([]byte("\x00direct\xff"), realtime.MaxDirectSize/8+1)[:realtime.MaxDirectSize]
+	payloads := [][]byte{every, []byte("漢字 😀"), big}
+	for _, p := range payloads {
+		require.NoError(t, a.Send(ctx, b.Node(), p))
+	}
+	got := collect(t, b, len(payloads))
+	seen := 0
+	for _, m := range got {
+		assert.True(t, m.Direct, "a sent message has Direct set")
+		assert.Empty(t, m.Channel)
+		for _, p := range payloads {
+			if bytes.Equal(p, m.Data) {
+				seen++
+				break
+			}
+		}
+	}
+	assert.Equal(t, len(payloads), seen, "every payload arrives byte-identical")
+
+	require.NoError(t, a.Send(ctx, a.Node(), []byte("to myself")))
+	self := collect(t, a, 1)[0]
+	assert.True(t, self.Direct)
+	assert.Equal(t, "to myself", string(self.Data))
+
+	err := a.Send(ctx, "no-such-node", []byte("lost"))
+	if err != nil {
+		assert.ErrorIs(t, err, realtime.ErrUnknownNode)
+	}
+	quiet(t, a)
+	quiet(t, b)
+	quiet(t, c)
+}
+
+// healthyWhileConnected checks that a working node reports health, and a
+// closed one does not.
+func healthyWhileConnected(t *testing.T, node NewNode) {
+	ctx := ctxFor(t)
+	a := node()
+	require.NoError(t, a.Subscribe(ctx, "x"))
+	require.Eventually(t, func() bool { return a.Health(ctx) == nil }, 10*time.Second, 20*time.Millisecond,
+		"a node with a live broker must become healthy")
+	require.NoError(t, a.Close())
+	assert.Error(t, a.Health(ctx), "a closed node is not healthy")
 }

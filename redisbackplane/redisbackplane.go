@@ -88,6 +88,8 @@ type Backplane struct {
 	logger      *slog.Logger
 	prefix      string
 	msgPrefix   string
+	node        string
+	nodeChannel string
 	historySize int
 	historyTTL  time.Duration
 
@@ -106,6 +108,9 @@ type Backplane struct {
 	space    chan struct{} // closed and replaced when queue empties
 	pings    map[string]chan struct{}
 	nextPing uint64
+	// down says why the Pub/Sub connection cannot deliver, from its
+	// failure until it is back with every subscription; nil while it can.
+	down error
 }
 
 // New returns a node's backplane on client, which several nodes (and the
@@ -146,6 +151,7 @@ func New(client redis.UniversalClient, opts *Options) (*Backplane, error) {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 
+	node := newEpoch()
 	life, stop := context.WithCancel(context.Background())
 	b := &Backplane{
 		client:      client,
@@ -153,6 +159,8 @@ func New(client redis.UniversalClient, opts *Options) (*Backplane, error) {
 		logger:      o.Logger,
 		prefix:      o.Prefix,
 		msgPrefix:   o.Prefix + ":msg:",
+		node:        node,
+		nodeChannel: o.Prefix + ":node:" + node,
 		historySize: o.HistorySize,
 		historyTTL:  o.HistoryTTL,
 		life:        life,
@@ -161,6 +169,7 @@ func New(client redis.UniversalClient, opts *Options) (*Backplane, error) {
 		ready:       make(chan struct{}, 1),
 		space:       make(chan struct{}),
 		pings:       make(map[string]chan struct{}),
+		down:        errors.New("not connected yet"),
 	}
 	b.wg.Add(1)
 	go func() {
@@ -168,6 +177,52 @@ func New(client redis.UniversalClient, opts *Options) (*Backplane, error) {
 		b.read(life)
 	}()
 	return b, nil
+}
+
+// Node returns this node's name, random and fixed for the Backplane's
+// life.
+func (b *Backplane) Node() string { return b.node }
+
+// Send publishes data on the Pub/Sub channel of the named node. It
+// returns an error matching realtime.ErrUnknownNode when no node listens
+// there.
+func (b *Backplane) Send(ctx context.Context, node string, data []byte) error {
+	ctx, done, err := b.call(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	if len(data) > realtime.MaxDirectSize {
+		return fmt.Errorf("redisbackplane: send: %d bytes exceed realtime.MaxDirectSize", len(data))
+	}
+	n, err := b.client.Publish(ctx, b.prefix+":node:"+node, data).Result()
+	if err != nil {
+		return b.wrap(ctx, "send", err)
+	}
+	if n == 0 {
+		return fmt.Errorf("redisbackplane: send: %w: %q", realtime.ErrUnknownNode, node)
+	}
+	return nil
+}
+
+// Health reports an error while the Pub/Sub connection is down or
+// resubscribing, or when Redis does not answer a PING.
+func (b *Backplane) Health(ctx context.Context) error {
+	ctx, done, err := b.call(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	b.mu.Lock()
+	down := b.down
+	b.mu.Unlock()
+	if down != nil {
+		return fmt.Errorf("redisbackplane: pubsub connection lost: %w", down)
+	}
+	if err := b.client.Ping(ctx).Err(); err != nil {
+		return b.wrap(ctx, "ping", err)
+	}
+	return nil
 }
 
 // keys returns the epoch, offset and history keys of channel.

@@ -153,8 +153,13 @@ func (b *Backplane) Close() error {
 // read runs on the goroutine that New starts: it reads the Pub/Sub
 // connection until ctx ends, queueing messages and waking barriers.
 func (b *Backplane) read(ctx context.Context) {
+	// The node's own channel is subscribed first and kept for good:
+	// go-redis records it even if Redis is unreachable now, and subscribes
+	// it again on every reconnect.
+	b.ps.Subscribe(ctx, b.nodeChannel)
 	backoff := 100 * time.Millisecond
-	lost := false // the connection failed since the last message
+	lost := false    // the connection failed since the last message
+	healthy := false // b.down is nil
 	for {
 		msg, err := b.ps.ReceiveTimeout(ctx, healthInterval)
 		if ctx.Err() != nil {
@@ -170,14 +175,28 @@ func (b *Backplane) read(ctx context.Context) {
 		case err != nil:
 			b.logger.ErrorContext(ctx, "redis pubsub connection failed: messages published meanwhile are lost",
 				"err", err)
-			lost = true
+			lost, healthy = true, false
+			b.mu.Lock()
+			b.down = err
+			b.mu.Unlock()
 			if !b.sleep(ctx, backoff) {
 				return
 			}
 			backoff = min(2*backoff, 5*time.Second)
+			// The ping dials again and resubscribes every channel before
+			// it is sent; its pong then ends the outage.
+			b.ps.Ping(ctx)
 			continue
 		}
 		backoff = 100 * time.Millisecond
+		if !healthy {
+			// The first reply on a new connection follows the
+			// subscriptions that go-redis sends before anything else.
+			healthy = true
+			b.mu.Lock()
+			b.down = nil
+			b.mu.Unlock()
+		}
 		if lost {
 			// Back, and subscribed again: what was published meanwhile is
 			// gone, and the hub must tell its clients.
@@ -219,6 +238,9 @@ func (b *Backplane) sleep(ctx context.Context, d time.Duration) bool {
 // deliver queues m for Receive if this node follows its channel, waiting
 // while the queue is full. It reports false when ctx ended.
 func (b *Backplane) deliver(ctx context.Context, m *redis.Message) bool {
+	if m.Channel == b.nodeChannel {
+		return b.enqueue(ctx, realtime.Message{Direct: true, Data: []byte(m.Payload)})
+	}
 	channel, ok := strings.CutPrefix(m.Channel, b.msgPrefix)
 	if !ok {
 		return true
@@ -237,7 +259,7 @@ func (b *Backplane) deliver(ctx context.Context, m *redis.Message) bool {
 func (b *Backplane) enqueue(ctx context.Context, msg realtime.Message) bool {
 	for {
 		b.mu.Lock()
-		if _, ok := b.subs[msg.Channel]; (!ok && !msg.Gap) || b.closed {
+		if _, ok := b.subs[msg.Channel]; (!ok && !msg.Gap && !msg.Direct) || b.closed {
 			b.mu.Unlock()
 			return true
 		}
