@@ -44,6 +44,7 @@ type Hub struct {
 	closeErr  error
 
 	stats stats
+	fwd   forwarder
 }
 
 // channel is one channel's local members.
@@ -86,6 +87,7 @@ func New(opts *Options) (*Hub, error) {
 		channels:  make(map[string]*channel),
 		connsDone: make(chan struct{}),
 	}
+	h.fwd.init()
 	h.loops.Add(1)
 	go h.receive(ctx)
 	h.log.Info("realtime hub started")
@@ -244,6 +246,7 @@ func (h *Hub) finish() error {
 	h.closeOnce.Do(func() {
 		h.stop()
 		h.loops.Wait()
+		h.fwd.stop()
 		if err := h.bp.Close(); err != nil {
 			h.closeErr = fmt.Errorf("realtime: close backplane: %w", err)
 		}
@@ -279,6 +282,10 @@ func (h *Hub) receive(ctx context.Context) {
 // deliver queues m for every local member of its channel. It never
 // blocks on a connection: a full queue triggers the slow-consumer policy.
 func (h *Hub) deliver(m Message) {
+	if m.Direct {
+		h.direct(m.Data)
+		return
+	}
 	if m.Gap {
 		h.stats.gaps.Add(1)
 		h.deliverGap(m.Channel)

@@ -64,6 +64,14 @@ type pollHandler struct {
 }
 
 func (p *pollHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	token := r.Header.Get(SessionHeader)
+	wait := forwardWait
+	if r.Method == http.MethodGet {
+		token, wait = r.URL.Query().Get("session"), p.opts.PollTimeout
+	}
+	if p.hub.forward(w, r, token, wait) {
+		return
+	}
 	switch {
 	case r.Method == http.MethodPost:
 		p.hub.serveCommands(w, r, &p.sessions)
@@ -84,18 +92,17 @@ func (p *pollHandler) open(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	token := randomToken(16)
 	t := &pollTransport{
 		bytesLimit: p.hub.opts.QueueBytes,
 		ready:      make(chan struct{}),
 		space:      make(chan struct{}),
 	}
 	t.expiry = time.AfterFunc(p.opts.SessionTimeout, t.expire)
-	ss := p.sessions.reserve(token)
+	token, ss := p.sessions.reserve(p.hub, p)
 	c, err := p.hub.Connect(t, ConnInfo{Identity: id, Session: token, Cursor: r.URL.Query().Get("cursor")})
 	if err != nil {
 		ss.set(nil)
-		p.sessions.remove(token)
+		p.sessions.remove(p.hub, token)
 		t.expiry.Stop()
 		writeJSONError(w, http.StatusServiceUnavailable, "unavailable", "server shutting down")
 		return
@@ -120,7 +127,7 @@ func (p *pollHandler) open(w http.ResponseWriter, r *http.Request) {
 }
 
 func (p *pollHandler) forget(token string, c *Conn) {
-	p.sessions.remove(token)
+	p.sessions.remove(p.hub, token)
 	p.mu.Lock()
 	delete(p.byConn, c)
 	p.mu.Unlock()
@@ -154,7 +161,7 @@ func (p *pollHandler) respond(w http.ResponseWriter, r *http.Request, t *pollTra
 	rc := http.NewResponseController(w)
 	rc.SetWriteDeadline(time.Now().Add(p.opts.PollTimeout + 10*time.Second))
 
-	body, err := t.poll(r.Context(), ack, p.opts.PollTimeout, p.opts.SessionTimeout)
+	body, err := t.poll(r.Context(), ack, p.opts.PollTimeout, p.opts.SessionTimeout, responseLimit(r))
 	switch {
 	case errors.Is(err, errSessionEnded):
 		writeJSONError(w, http.StatusNotFound, "unknown_session", "the session has ended: open a new one with your cursor")
@@ -188,8 +195,9 @@ type pollTransport struct {
 }
 
 type pollBatch struct {
-	seq  uint64
-	data []byte // the messages of a frame, without the brackets
+	seq    uint64
+	data   []byte // the messages of a frame, without the brackets
+	cursor string // as of this batch
 }
 
 func (t *pollTransport) Name() string { return "longpoll" }
@@ -233,7 +241,7 @@ func (t *pollTransport) Write(ctx context.Context, f Frame) error {
 // add queues a frame's messages as the next batch. t.mu is held.
 func (t *pollTransport) add(frame []byte, cursor string) {
 	t.seq++
-	t.batches = append(t.batches, pollBatch{t.seq, append([]byte(nil), frame[1:len(frame)-1]...)})
+	t.batches = append(t.batches, pollBatch{t.seq, append([]byte(nil), frame[1:len(frame)-1]...), cursor})
 	t.bytes += len(frame)
 	t.cursor = cursor
 	close(t.ready)
@@ -258,7 +266,10 @@ func (t *pollTransport) Close(code CloseCode, reason string) error {
 // poll drops the batches up to ack, waits until there is a batch after
 // it, the timeout passes, ctx ends or a newer poll arrives, and returns
 // the response body.
-func (t *pollTransport) poll(ctx context.Context, ack uint64, timeout, sessionTimeout time.Duration) ([]byte, error) {
+//
+// With a limit above 0 the body holds only as many batches (at least one)
+// as keep it within about limit bytes: the rest wait for the next poll.
+func (t *pollTransport) poll(ctx context.Context, ack uint64, timeout, sessionTimeout time.Duration, limit int) ([]byte, error) {
 	t.mu.Lock()
 	if ack > t.seq {
 		t.mu.Unlock()
@@ -318,15 +329,26 @@ func (t *pollTransport) poll(ctx context.Context, ack uint64, timeout, sessionTi
 		return body, nil
 	default:
 	}
+	batches, cursor := t.batches, t.cursor
+	if limit > 0 {
+		size := 0
+		for i, b := range batches {
+			size += len(b.data) + 1
+			if i > 0 && size > limit-len(cursor)-64 {
+				batches, cursor = batches[:i], batches[i-1].cursor
+				break
+			}
+		}
+	}
 	last := ack
-	if n := len(t.batches); n > 0 {
-		last = t.batches[n-1].seq
+	if n := len(batches); n > 0 {
+		last = batches[n-1].seq
 	}
 	body = strconv.AppendUint(body, last, 10)
 	body = append(body, `,"cursor":`...)
-	body = appendString(body, t.cursor)
+	body = appendString(body, cursor)
 	body = append(body, `,"messages":[`...)
-	for i, b := range t.batches {
+	for i, b := range batches {
 		if i > 0 {
 			body = append(body, ',')
 		}

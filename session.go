@@ -31,9 +31,12 @@ type session struct {
 	receive sync.Mutex
 }
 
-// reserve registers token before its connection exists; the caller sets
-// it with session.set.
-func (s *sessions) reserve(token string) *session {
+// reserve registers a new session of owner, a transport handler of h,
+// before its connection exists, and returns its secret; the caller sets
+// the connection with session.set. The secret names this node, so that
+// other nodes forward the session's requests here.
+func (s *sessions) reserve(h *Hub, owner http.Handler) (string, *session) {
+	token := h.newSession(owner)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.m == nil {
@@ -41,7 +44,7 @@ func (s *sessions) reserve(token string) *session {
 	}
 	ss := &session{ready: make(chan struct{})}
 	s.m[token] = ss
-	return ss
+	return token, ss
 }
 
 // set records the session's connection, or its absence.
@@ -56,7 +59,8 @@ func (s *sessions) get(token string) *session {
 	return s.m[token]
 }
 
-func (s *sessions) remove(token string) {
+func (s *sessions) remove(h *Hub, token string) {
+	h.endSession(token)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.m, token)

@@ -60,6 +60,9 @@ type sseHandler struct {
 }
 
 func (s *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && s.hub.forward(w, r, r.Header.Get(SessionHeader), forwardWait) {
+		return
+	}
 	switch r.Method {
 	case http.MethodGet:
 		s.stream(w, r)
@@ -98,9 +101,8 @@ func (s *sseHandler) stream(w http.ResponseWriter, r *http.Request) {
 	if cursor == "" {
 		cursor = r.URL.Query().Get("lastEventId")
 	}
-	token := randomToken(16)
-	ss := s.sessions.reserve(token)
-	defer s.sessions.remove(token)
+	token, ss := s.sessions.reserve(s.hub, s)
+	defer s.sessions.remove(s.hub, token)
 	c, err := s.hub.Connect(t, ConnInfo{Identity: id, Session: token, Cursor: cursor})
 	ss.set(c)
 	if err != nil {

@@ -26,3 +26,9 @@ func TestMemoryBackplane(t *testing.T) {
 		})
 	}
 }
+
+func TestMemoryCluster(t *testing.T) {
+	backplanetest.RunCluster(t, func(t *testing.T) backplanetest.NewNode {
+		return realtime.NewMemoryBroker(nil).Backplane
+	})
+}
