@@ -1,9 +1,9 @@
 // Command chat serves a multi-room chat on a realtime hub: open
 // http://localhost:8080 in two browser tabs and talk.
 //
-// Read chat.go first: it wires the hub's hooks (who may join and post,
-// presence notices) and mounts the hub into an http.ServeMux. This file
-// runs the server and shuts it down on a signal.
+// Read ../internal/chatapp/chat.go first: it wires the hub's hooks (who
+// may join and post, presence notices) and mounts the hub into an
+// http.ServeMux. This file runs the server and shuts it down on a signal.
 package main
 
 import (
@@ -16,6 +16,8 @@ import (
 	"os/signal"
 	"syscall"
 	"time"
+
+	"github.com/realtimekit/realtime/examples/internal/chatapp"
 )
 
 func main() {
@@ -32,7 +34,7 @@ func run(addr string, logger *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	hub, handler, err := newChat(logger)
+	hub, handler, err := chatapp.New(logger, nil)
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,7 @@
-package main
+// Package chatapp is the multi-room chat that the chat and cluster
+// examples serve: it wires a hub's hooks (who may join and post, presence
+// notices) and mounts the hub into an http.ServeMux beside the page.
+package chatapp
 
 import (
 	"context"
@@ -35,9 +38,10 @@ type notice struct {
 	Name   string `json:"name"`
 }
 
-// newChat returns the chat's hub and the handler that serves the page and,
-// under /realtime/, the client script and the transports.
-func newChat(logger *slog.Logger) (*realtime.Hub, http.Handler, error) {
+// New returns the chat's hub on bp (nil for the in-memory backplane of
+// one process) and the handler that serves the page, under /realtime/ the
+// client script and the transports, and at /readyz the hub's readiness.
+func New(logger *slog.Logger, bp realtime.Backplane) (*realtime.Hub, http.Handler, error) {
 	var hub *realtime.Hub
 	announce := func(channel string, n notice) {
 		data, _ := json.Marshal(n)
@@ -51,6 +55,7 @@ func newChat(logger *slog.Logger) (*realtime.Hub, http.Handler, error) {
 
 	hub, err := realtime.New(&realtime.Options{
 		Logger:       logger,
+		Backplane:    bp,
 		Authenticate: authenticate,
 		AuthorizeJoin: func(ctx context.Context, c *realtime.Conn, channel string) error {
 			if !roomChannel.MatchString(channel) {
@@ -78,6 +83,7 @@ func newChat(logger *slog.Logger) (*realtime.Hub, http.Handler, error) {
 	mux.Handle("/", http.FileServerFS(assets))
 	// The client script, negotiation and every transport.
 	mux.Handle("/realtime/", realtime.NewHandler(hub, nil))
+	mux.Handle("/readyz", hub.ReadyHandler())
 	return hub, mux, nil
 }
 

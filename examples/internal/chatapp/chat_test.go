@@ -1,4 +1,4 @@
-package main
+package chatapp
 
 import (
 	"context"
@@ -23,7 +23,7 @@ func TestMain(m *testing.M) {
 }
 
 func TestTwoUsersChat(t *testing.T) {
-	hub, handler, err := newChat(slog.New(slog.DiscardHandler))
+	hub, handler, err := New(slog.New(slog.DiscardHandler), nil)
 	require.NoError(t, err)
 	srv := httptest.NewServer(handler)
 	defer srv.Close()
