@@ -28,7 +28,14 @@ func TestMemoryBackplane(t *testing.T) {
 }
 
 func TestMemoryCluster(t *testing.T) {
-	backplanetest.RunCluster(t, func(t *testing.T) backplanetest.NewNode {
-		return realtime.NewMemoryBroker(nil).Backplane
-	})
+	for name, opts := range map[string]*realtime.MemoryOptions{
+		"history":    nil,
+		"no history": {HistorySize: -1},
+	} {
+		t.Run(name, func(t *testing.T) {
+			backplanetest.RunCluster(t, func(t *testing.T) backplanetest.NewNode {
+				return realtime.NewMemoryBroker(opts).Backplane
+			})
+		})
+	}
 }

@@ -2,6 +2,8 @@ package backplanetest
 
 import (
 	"bytes"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -9,6 +11,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -38,6 +41,9 @@ import (
 func RunCluster(t *testing.T, factory Factory) {
 	t.Run("EveryClientSeesEveryMessageInOneOrder", func(t *testing.T) {
 		everyClientSeesEveryMessageInOneOrder(t, track(t, factory(t)))
+	})
+	t.Run("RecoveryOnAnotherNode", func(t *testing.T) {
+		recoveryOnAnotherNode(t, track(t, factory(t)))
 	})
 	t.Run("SessionOfAGoneNodeIsUnknown", func(t *testing.T) {
 		sessionOfAGoneNodeIsUnknown(t, track(t, factory(t)))
@@ -236,4 +242,122 @@ func sessionOfAGoneNodeIsUnknown(t *testing.T, newNode NewNode) {
 		assert.Equal(t, http.StatusNotFound, resp.StatusCode, "%s: %s", method, body)
 		assert.Contains(t, string(body), "unknown_session", method)
 	}
+}
+
+// pollResponse is a long-poll response body.
+type pollResponse struct {
+	Seq      uint64           `json:"seq"`
+	Cursor   string           `json:"cursor"`
+	Messages []map[string]any `json:"messages"`
+}
+
+// longPoll makes one long-poll GET to base with query q.
+func longPoll(t *testing.T, base string, q url.Values) pollResponse {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctxFor(t), http.MethodGet, base+"/rt/poll?"+q.Encode(), nil)
+	require.NoError(t, err)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
+	var r pollResponse
+	require.NoError(t, json.Unmarshal(body, &r), "%s", body)
+	return r
+}
+
+// pollUntil polls session on base until want messages of type "message"
+// or "joined" have come, and returns them with the last cursor.
+func pollUntil(t *testing.T, base, session string, ack uint64, first []map[string]any, want int) ([]map[string]any, string) {
+	t.Helper()
+	var got []map[string]any
+	keep := func(msgs []map[string]any) {
+		for _, m := range msgs {
+			if m["type"] == "message" || m["type"] == "joined" {
+				got = append(got, m)
+			}
+		}
+	}
+	keep(first)
+	cursor := ""
+	deadline := time.Now().Add(10 * time.Second)
+	for len(got) < want && time.Now().Before(deadline) {
+		r := longPoll(t, base, url.Values{"session": {session}, "ack": {strconv.FormatUint(ack, 10)}})
+		keep(r.Messages)
+		ack = r.Seq
+		if r.Cursor != "" {
+			cursor = r.Cursor
+		}
+	}
+	require.Len(t, got, want, "messages: %v", got)
+	return got, cursor
+}
+
+// recoveryOnAnotherNode has a long-poll client leave node 0 and come back
+// on node 1 with its cursor: it gets exactly what it missed, or is told it
+// cannot when the backplane keeps no history. A cursor no node issued is
+// refused for its channel (F07).
+func recoveryOnAnotherNode(t *testing.T, newNode NewNode) {
+	cl := newCluster(t, newNode, 2)
+	ctx := ctxFor(t)
+	a, b := cl.nodes[0].srv.URL, cl.nodes[1].srv.URL
+
+	open := longPoll(t, a, nil)
+	session, _ := open.Messages[0]["session"].(string)
+	require.NotEmpty(t, session, "welcome: %v", open.Messages)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, a+"/rt/poll", strings.NewReader(`{"type":"join","id":1,"channel":"room"}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set(realtime.SessionHeader, session)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusAccepted, resp.StatusCode)
+	for i := 0; i < 3; i++ {
+		_, err := cl.nodes[1].hub.Publish(ctx, "room", []byte(strconv.Itoa(i)))
+		require.NoError(t, err)
+	}
+	_, cursor := pollUntil(t, a, session, open.Seq, nil, 4) // joined, 0, 1, 2
+	require.Contains(t, cursor, "room:")
+
+	// The client goes; 5 more messages are published meanwhile.
+	req, _ = http.NewRequestWithContext(ctx, http.MethodDelete, a+"/rt/poll", nil)
+	req.Header.Set(realtime.SessionHeader, session)
+	resp, err = http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	for i := 3; i < 8; i++ {
+		_, err := cl.nodes[0].hub.Publish(ctx, "room", []byte(strconv.Itoa(i)))
+		require.NoError(t, err)
+	}
+
+	// Does this backplane keep history?
+	probe := newNode()
+	pos, err := probe.Publish(ctx, "probe", []byte("x"))
+	require.NoError(t, err)
+	_, err = probe.Publish(ctx, "probe", []byte("y"))
+	require.NoError(t, err)
+	_, _, err = probe.History(ctx, "probe", pos)
+	keepsHistory := !errors.Is(err, realtime.ErrUnrecoverable)
+
+	back := longPoll(t, b, url.Values{"cursor": {cursor}})
+	session, _ = back.Messages[0]["session"].(string)
+	if keepsHistory {
+		got, _ := pollUntil(t, b, session, back.Seq, back.Messages, 6)
+		assert.Equal(t, "joined", got[0]["type"])
+		assert.Equal(t, true, got[0]["recovered"], "recovered on another node: %v", got[0])
+		for i, m := range got[1:] {
+			assert.EqualValues(t, 3+i, m["data"], "exactly the missed messages, in order")
+		}
+	} else {
+		got, _ := pollUntil(t, b, session, back.Seq, back.Messages, 1)
+		assert.Equal(t, false, got[0]["recovered"], "without history: %v", got[0])
+	}
+
+	// A position no node issued.
+	never := longPoll(t, b, url.Values{"cursor": {"room:never-issued:3"}})
+	session, _ = never.Messages[0]["session"].(string)
+	got, _ := pollUntil(t, b, session, never.Seq, never.Messages, 1)
+	assert.Equal(t, "joined", got[0]["type"])
+	assert.Equal(t, "room", got[0]["channel"])
+	assert.Equal(t, false, got[0]["recovered"], "a never-issued cursor is not recovered: %v", got[0])
 }
