@@ -1,0 +1,194 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/realtimekit/realtime"
+	"github.com/realtimekit/realtime/client"
+)
+
+// startChat runs the example's chat on its own node behind an httptest
+// server and returns the server's URL and the node.
+func startChat(t *testing.T, pool *pgxpool.Pool, prefix string) (string, *Backplane) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	bp, err := New(ctx, pool, &Options{Prefix: prefix})
+	require.NoError(t, err)
+	hub, handler, err := newChat(bp, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	srv := httptest.NewServer(handler)
+	t.Cleanup(func() {
+		assert.NoError(t, hub.Close())
+		srv.Close()
+	})
+	return srv.URL, bp
+}
+
+// TestChatAcrossNodes has two users talk on two chat nodes that share one
+// database.
+func TestChatAcrossNodes(t *testing.T) {
+	pool := testPool(t, nil)
+	prefix := uniquePrefix(t, pool)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	url1, bp1 := startChat(t, pool, prefix)
+	url2, bp2 := startChat(t, pool, prefix)
+
+	// The page, the node's name and the client script are served.
+	for path, want := range map[string]string{
+		"/":                     "<html",
+		"/node":                 bp1.Node(),
+		"/realtime/realtime.js": "export function connect",
+		"/ready":                "",
+	} {
+		resp, err := http.Get(url1 + path)
+		require.NoError(t, err)
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		assert.Equal(t, http.StatusOK, resp.StatusCode, path)
+		assert.Contains(t, string(body), want, path)
+	}
+
+	ws := func(url, name string) *client.Client {
+		c, err := client.Dial(ctx, "ws"+strings.TrimPrefix(url, "http")+"/realtime/ws?name="+name, nil)
+		require.NoError(t, err)
+		t.Cleanup(func() { c.Close() })
+		_, err = c.Join(ctx, "room:lobby")
+		require.NoError(t, err)
+		return c
+	}
+	ann, bob := ws(url1, "ann"), ws(url2, "bob")
+
+	_, err := ann.Publish(ctx, "room:lobby", postJSON(t, post{Name: "ann", Text: "hi bob", Node: bp1.Node()}))
+	require.NoError(t, err)
+	_, err = bob.Publish(ctx, "room:lobby", postJSON(t, post{Name: "bob", Text: "hi ann 👋", Node: bp2.Node()}))
+	require.NoError(t, err)
+	for _, c := range []*client.Client{ann, bob} {
+		var got post
+		require.NoError(t, json.Unmarshal(nextMessage(t, c).Data, &got))
+		assert.Equal(t, post{Name: "ann", Text: "hi bob", Node: bp1.Node()}, got)
+		require.NoError(t, json.Unmarshal(nextMessage(t, c).Data, &got))
+		assert.Equal(t, post{Name: "bob", Text: "hi ann 👋", Node: bp2.Node()}, got)
+	}
+
+	// Nobody posts under another's name.
+	var se *client.ServerError
+	_, err = bob.Publish(ctx, "room:lobby", postJSON(t, post{Name: "ann", Text: "it is me"}))
+	require.ErrorAs(t, err, &se)
+	assert.Equal(t, "forbidden", se.Code)
+}
+
+func postJSON(t *testing.T, p post) []byte {
+	b, err := json.Marshal(p)
+	require.NoError(t, err)
+	return b
+}
+
+func nextMessage(t *testing.T, c *client.Client) client.Event {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ev, err := c.Receive(ctx)
+	require.NoError(t, err)
+	require.Equal(t, "message", ev.Type, "%+v", ev)
+	return ev
+}
+
+// TestHubsOnTwoNodesAgreeOnOrder publishes from clients and hubs on two
+// nodes at once; every client on either node must see the same messages
+// in the same order, with each publisher's messages in its own order.
+func TestHubsOnTwoNodesAgreeOnOrder(t *testing.T) {
+	pool := testPool(t, nil)
+	prefix := uniquePrefix(t, pool)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	var hubs []*realtime.Hub
+	var clients []*client.Client
+	for range 2 {
+		bp := newNode(t, pool, Options{Prefix: prefix})
+		hub, err := realtime.New(&realtime.Options{Backplane: bp})
+		require.NoError(t, err)
+		mux := http.NewServeMux()
+		mux.Handle("/rt/", realtime.NewHandler(hub, nil))
+		srv := httptest.NewServer(mux)
+		t.Cleanup(func() {
+			assert.NoError(t, hub.Close())
+			srv.Close()
+		})
+		hubs = append(hubs, hub)
+		for range 2 {
+			c, err := client.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http")+"/rt/ws", nil)
+			require.NoError(t, err)
+			t.Cleanup(func() { c.Close() })
+			_, err = c.Join(ctx, "room")
+			require.NoError(t, err)
+			clients = append(clients, c)
+		}
+	}
+
+	const each = 50
+	var wg sync.WaitGroup
+	for i, c := range clients {
+		wg.Go(func() {
+			for n := range each {
+				_, err := c.Publish(ctx, "room", fmt.Appendf(nil, "\"client%d/%d\"", i, n))
+				assert.NoError(t, err)
+			}
+		})
+	}
+	for i, h := range hubs {
+		wg.Go(func() {
+			for n := range each {
+				_, err := h.Publish(ctx, "room", fmt.Appendf(nil, "\"hub%d/%d\"", i, n))
+				assert.NoError(t, err)
+			}
+		})
+	}
+	wg.Wait()
+
+	total := each * (len(clients) + len(hubs))
+	var first []client.Event
+	for i, c := range clients {
+		var got []client.Event
+		for len(got) < total {
+			ev, err := c.Receive(ctx)
+			require.NoError(t, err, "client %d after %d of %d", i, len(got), total)
+			require.NotEqual(t, "gap", ev.Type, "client %d", i)
+			if ev.Type == "message" {
+				got = append(got, ev)
+			}
+		}
+		next := map[string]int{}
+		for k, ev := range got {
+			if k > 0 {
+				require.Equal(t, got[k-1].Position.Offset+1, ev.Position.Offset, "client %d: offsets rise by one", i)
+				require.Equal(t, got[k-1].Position.Epoch, ev.Position.Epoch)
+			}
+			who, n, _ := bytes.Cut(bytes.Trim(ev.Data, `"`), []byte("/"))
+			require.Equal(t, fmt.Sprint(next[string(who)]), string(n), "client %d: %s out of order", i, who)
+			next[string(who)]++
+		}
+		if first == nil {
+			first = got
+		} else {
+			require.Equal(t, first, got, "client %d saw another order", i)
+		}
+	}
+}
