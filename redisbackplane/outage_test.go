@@ -42,7 +42,7 @@ func (b *syncBuffer) String() string {
 // proxiedNode runs a hub whose backplane reaches the private Redis at
 // addr through a proxy, and returns the hub, its backplane, the proxy and
 // the server's URL.
-func proxiedNode(t *testing.T, addr string, logs *syncBuffer) (*realtime.Hub, *redisbackplane.Backplane, *tcpProxy, string) {
+func proxiedNode(t *testing.T, addr string, logs *syncBuffer, hubOpts realtime.Options) (*realtime.Hub, *redisbackplane.Backplane, *tcpProxy, string) {
 	t.Helper()
 	proxy := startProxy(t, addr)
 	rdb := redis.NewClient(&redis.Options{Addr: proxy.addr, DialTimeout: time.Second})
@@ -52,7 +52,8 @@ func proxiedNode(t *testing.T, addr string, logs *syncBuffer) (*realtime.Hub, *r
 		Logger: slog.New(slog.NewTextHandler(logs, nil)),
 	})
 	require.NoError(t, err)
-	hub, err := realtime.New(&realtime.Options{Backplane: bp})
+	hubOpts.Backplane = bp
+	hub, err := realtime.New(&hubOpts)
 	require.NoError(t, err)
 	mux := http.NewServeMux()
 	mux.Handle("/rt/", realtime.NewHandler(hub, nil))
@@ -99,7 +100,7 @@ func TestF05RedisUnreachable(t *testing.T) {
 	addr := freeAddr(t)
 	privateRedis(t, addr)
 	var logs syncBuffer
-	hub, bp, proxy, url := proxiedNode(t, addr, &logs)
+	hub, bp, proxy, url := proxiedNode(t, addr, &logs, realtime.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
@@ -259,7 +260,9 @@ func TestF06OutputBufferOverflow(t *testing.T) {
 func TestF06HubSeesGap(t *testing.T) {
 	addr, rdb := privateRedisLimited(t)
 	var logs syncBuffer
-	hub, _, proxy, url := proxiedNode(t, addr, &logs)
+	// Queues big enough that the burst after the stall is not a slow
+	// consumer.
+	hub, _, proxy, url := proxiedNode(t, addr, &logs, realtime.Options{QueueMessages: 1 << 16, QueueBytes: 64 << 20})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	pub, err := redisbackplane.New(rdb, &redisbackplane.Options{Prefix: "outage", HistorySize: -1})
@@ -277,6 +280,7 @@ func TestF06HubSeesGap(t *testing.T) {
 	proxy.resume()
 
 	var got []string
+	var dropped error
 	require.Eventually(t, func() bool {
 		if _, err := pub.Publish(ctx, "flood", []byte(`"after"`)); err != nil {
 			return false
@@ -285,6 +289,12 @@ func TestF06HubSeesGap(t *testing.T) {
 			rctx, rcancel := context.WithTimeout(ctx, 200*time.Millisecond)
 			ev, err := c.Receive(rctx)
 			rcancel()
+			select {
+			case <-c.Done():
+				dropped = fmt.Errorf("the client was disconnected: %w", err)
+				return true
+			default:
+			}
 			if err != nil {
 				return false
 			}
@@ -295,6 +305,7 @@ func TestF06HubSeesGap(t *testing.T) {
 			}
 		}
 	}, 30*time.Second, 10*time.Millisecond)
+	require.NoError(t, dropped)
 	assert.Contains(t, got, "gap")
 	assert.Positive(t, hub.Stats().Gaps)
 	assert.Contains(t, logs.String(), "level=ERROR")

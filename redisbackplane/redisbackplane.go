@@ -5,25 +5,65 @@
 // and gives it to [realtime.New] in Options.Backplane. Positions and
 // history live in Redis: one Lua script gives a message its position,
 // appends it to the channel's stream and publishes it, so every node sees
-// the messages of a channel in position order. Each node holds one Pub/Sub
-// connection for all its channels.
+// the messages of a channel in position order.
 //
 // # Keys
 //
 // For a channel C and the prefix P, the backplane uses the keys
 // "P:{C}:epoch", "P:{C}:offset" and "P:{C}:history" (a stream), and the
-// Pub/Sub channel "P:msg:C". The braces keep a channel's keys in one
-// Redis Cluster slot. The keys expire HistoryTTL after the channel's last
-// message.
+// Pub/Sub channel "P:msg:C", or with Options.Sharded the shard channel
+// "P:{C}:msg". The braces keep a channel's keys, and its shard channel, in
+// one Redis Cluster slot. The keys expire HistoryTTL after the channel's
+// last message. Node-addressed messages ([Backplane.Send]) always use a
+// classic PUBLISH on "P:node:N", which reaches a node wherever in a
+// cluster it subscribed.
+//
+// # Sharded Pub/Sub
+//
+// Classic Pub/Sub in a Redis Cluster sends every message to every node of
+// the cluster. With Options.Sharded (Redis 7 or later) the script
+// publishes with SPUBLISH on the channel's shard channel, which only the
+// master that holds the slot, and its replicas, carry. On a
+// *redis.Client one Pub/Sub connection carries everything. On a
+// *redis.ClusterClient a node keeps one connection for its own channel
+// and one per master that serves a channel it follows, and subscribes the
+// shard channels one per command, as a cluster refuses channels of
+// several slots in one SSUBSCRIBE.
+//
+// When slots move (resharding, or a failover to another address), Redis
+// refuses or drops the affected subscriptions. The connection that meets
+// this is opened again; first, every one of its channels whose slot
+// another master now serves moves to that master's connection, with a
+// gap signal for the channel. Messages published between the move and
+// the new subscription are lost, and the gap tells the Hub so. The client
+// learns of moves from Redis lazily, so settling may take a few
+// reconnects.
 //
 // # Losing Redis
 //
-// When the Pub/Sub connection fails, the backplane dials again and
-// subscribes every channel again by itself. Messages published meanwhile
+// When a Pub/Sub connection fails, it is logged at Error, and the
+// backplane dials again with backoff (100 ms growing to 2 s) and
+// subscribes its channels again by itself. Messages published meanwhile
 // do not reach this node, so once it is back, Receive returns a gap
-// signal (a realtime.Message with Gap set) and the Hub tells every member
-// of its channels; clients that reconnect recover from the history.
-// Publishes while Redis is down fail with an error.
+// signal (a realtime.Message with Gap set): one for every channel of the
+// node, or, for a connection to one cluster master that carries at most
+// 100 channels, one per channel. The Hub tells the members; clients
+// recover from the history.
+//
+// [Backplane.Health] fails from the moment a connection is found broken
+// until its replacement has every subscription, and while Redis does not
+// answer a PING, so [realtime.Hub.ReadyHandler] answers 503 during an
+// outage. Subscribe refuses joins while the connection that would carry
+// the channel is down, and Publish fails with the client's error, after
+// the client's retries.
+//
+// When Redis cannot write to a node fast enough (its Receive is not
+// drained, or the network is slow), Redis drops the node's Pub/Sub
+// connection once its client-output-buffer-limit for pubsub is passed.
+// That is a lost connection like any other: logged at Error, and
+// reported as a gap. The node's own queue (Options.QueueSize) never drops
+// a message: when it is full the node stops reading, which leaves the
+// buffering, and the decision, to Redis.
 package redisbackplane
 
 import (
