@@ -174,8 +174,9 @@ type Backplane struct {
 // New returns a node's backplane on client, which several nodes (and the
 // application) may share. client is a *redis.Client (also one from
 // redis.NewFailoverClient) or a *redis.ClusterClient; a *redis.Ring is
-// refused. It starts one goroutine that reads the node's
-// Pub/Sub connection until Close. New does no I/O: an unreachable Redis
+// refused. It starts one goroutine per Pub/Sub connection (one, or with
+// Sharded on a cluster one more per master the node's channels need),
+// each reading its connection until Close. New does no I/O: an unreachable Redis
 // shows in the first call, and the Pub/Sub connection is retried in the
 // background.
 func New(client redis.UniversalClient, opts *Options) (*Backplane, error) {
