@@ -21,9 +21,9 @@ import (
 	"github.com/realtimekit/realtime/redisbackplane"
 )
 
-// privateRedis runs a redis-server of the test's own on addr, and returns
-// a function that kills it by its PID.
-func privateRedis(t *testing.T, addr string) (kill func()) {
+// privateRedis runs a redis-server of the test's own on addr, with extra
+// arguments, and returns a function that kills it by its PID.
+func privateRedis(t *testing.T, addr string, extra ...string) (kill func()) {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -35,6 +35,7 @@ func privateRedis(t *testing.T, addr string) (kill func()) {
 	host, port, _ := net.SplitHostPort(addr)
 	cmd := exec.Command(bin, "--bind", host, "--port", port, "--save", "", "--appendonly", "no",
 		"--daemonize", "no", "--dir", t.TempDir())
+	cmd.Args = append(cmd.Args, extra...)
 	require.NoError(t, cmd.Start())
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()

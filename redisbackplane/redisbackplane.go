@@ -5,25 +5,65 @@
 // and gives it to [realtime.New] in Options.Backplane. Positions and
 // history live in Redis: one Lua script gives a message its position,
 // appends it to the channel's stream and publishes it, so every node sees
-// the messages of a channel in position order. Each node holds one Pub/Sub
-// connection for all its channels.
+// the messages of a channel in position order.
 //
 // # Keys
 //
 // For a channel C and the prefix P, the backplane uses the keys
 // "P:{C}:epoch", "P:{C}:offset" and "P:{C}:history" (a stream), and the
-// Pub/Sub channel "P:msg:C". The braces keep a channel's keys in one
-// Redis Cluster slot. The keys expire HistoryTTL after the channel's last
-// message.
+// Pub/Sub channel "P:msg:C", or with Options.Sharded the shard channel
+// "P:{C}:msg". The braces keep a channel's keys, and its shard channel, in
+// one Redis Cluster slot. The keys expire HistoryTTL after the channel's
+// last message. Node-addressed messages ([Backplane.Send]) always use a
+// classic PUBLISH on "P:node:N", which reaches a node wherever in a
+// cluster it subscribed.
+//
+// # Sharded Pub/Sub
+//
+// Classic Pub/Sub in a Redis Cluster sends every message to every node of
+// the cluster. With Options.Sharded (Redis 7 or later) the script
+// publishes with SPUBLISH on the channel's shard channel, which only the
+// master that holds the slot, and its replicas, carry. On a
+// *redis.Client one Pub/Sub connection carries everything. On a
+// *redis.ClusterClient a node keeps one connection for its own channel
+// and one per master that serves a channel it follows, and subscribes the
+// shard channels one per command, as a cluster refuses channels of
+// several slots in one SSUBSCRIBE.
+//
+// When slots move (resharding, or a failover to another address), Redis
+// refuses or drops the affected subscriptions. The connection that meets
+// this is opened again; first, every one of its channels whose slot
+// another master now serves moves to that master's connection, with a
+// gap signal for the channel. Messages published between the move and
+// the new subscription are lost, and the gap tells the Hub so. The client
+// learns of moves from Redis lazily, so settling may take a few
+// reconnects.
 //
 // # Losing Redis
 //
-// When the Pub/Sub connection fails, the backplane dials again and
-// subscribes every channel again by itself. Messages published meanwhile
+// When a Pub/Sub connection fails, it is logged at Error, and the
+// backplane dials again with backoff (100 ms growing to 2 s) and
+// subscribes its channels again by itself. Messages published meanwhile
 // do not reach this node, so once it is back, Receive returns a gap
-// signal (a realtime.Message with Gap set) and the Hub tells every member
-// of its channels; clients that reconnect recover from the history.
-// Publishes while Redis is down fail with an error.
+// signal (a realtime.Message with Gap set): one for every channel of the
+// node, or, for a connection to one cluster master that carries at most
+// 100 channels, one per channel. The Hub tells the members; clients
+// recover from the history.
+//
+// [Backplane.Health] fails from the moment a connection is found broken
+// until its replacement has every subscription, and while Redis does not
+// answer a PING, so [realtime.Hub.ReadyHandler] answers 503 during an
+// outage. Subscribe refuses joins while the connection that would carry
+// the channel is down, and Publish fails with the client's error, after
+// the client's retries.
+//
+// When Redis cannot write to a node fast enough (its Receive is not
+// drained, or the network is slow), Redis drops the node's Pub/Sub
+// connection once its client-output-buffer-limit for pubsub is passed.
+// That is a lost connection like any other: logged at Error, and
+// reported as a gap. The node's own queue (Options.QueueSize) never drops
+// a message: when it is full the node stops reading, which leaves the
+// buffering, and the decision, to Redis.
 package redisbackplane
 
 import (
@@ -67,12 +107,23 @@ type Options struct {
 	// Receive reports a gap once the connection is back), reconnect
 	// attempts at Warn. The default, nil, logs nothing.
 	Logger *slog.Logger
-}
 
-// queueLimit bounds how many messages wait for Receive. When it is
-// reached the node stops reading its Pub/Sub connection; Redis then
-// buffers for it, up to its client-output-buffer-limit for pubsub.
-const queueLimit = 1 << 16
+	// Sharded carries channel messages with sharded Pub/Sub (SPUBLISH and
+	// SSUBSCRIBE, Redis 7 or later) instead of PUBLISH and SUBSCRIBE. On
+	// a Redis Cluster a message then travels only within the shard that
+	// holds its channel's slot instead of to every node of the cluster,
+	// and the node keeps one Pub/Sub connection per master it needs (see
+	// the package documentation). Every node sharing a prefix must agree
+	// on it. The default, false, uses classic Pub/Sub.
+	Sharded bool
+
+	// QueueSize bounds how many messages wait for Receive. When the queue
+	// is full the node stops reading its Pub/Sub connections and Redis
+	// buffers for it, up to its client-output-buffer-limit for pubsub;
+	// past that Redis drops the connection, and Receive reports a gap once
+	// it is back. Nothing is dropped silently. The default, 0, is 65,536.
+	QueueSize int
+}
 
 // healthInterval is how long the Pub/Sub connection may stay silent
 // before the node pings Redis to find out whether it is still there.
@@ -84,7 +135,6 @@ const healthInterval = 30 * time.Second
 // which belongs to the caller and must outlive the Backplane.
 type Backplane struct {
 	client      redis.UniversalClient
-	ps          *redis.PubSub
 	logger      *slog.Logger
 	prefix      string
 	msgPrefix   string
@@ -92,32 +142,41 @@ type Backplane struct {
 	nodeChannel string
 	historySize int
 	historyTTL  time.Duration
+	sharded     bool
+	queueLimit  int
+	script      *redis.Script
+	// cluster is set when sharded channels are spread over the masters of
+	// a cluster, one link per master.
+	cluster *redis.ClusterClient
 
-	// life ends when Close begins; it bounds the reader goroutine and
+	// life ends when Close begins; it bounds the reader goroutines and
 	// every call in flight.
 	life    context.Context
 	stop    context.CancelFunc
 	wg      sync.WaitGroup
 	closing sync.Once
 
-	mu       sync.Mutex
-	closed   bool
-	subs     map[string]struct{}
-	queue    []realtime.Message
-	ready    chan struct{} // signalled when queue becomes non-empty
-	space    chan struct{} // closed and replaced when queue empties
-	pings    map[string]chan struct{}
+	mu     sync.Mutex
+	closed bool
+	subs   map[string]struct{}
+	queue  []realtime.Message
+	ready  chan struct{} // signalled when queue becomes non-empty
+	space  chan struct{} // closed and replaced when queue empties
+	pings  map[string]chan struct{}
+	// nextPing numbers the payloads of barrier and connect pings.
 	nextPing uint64
-	// down says why the Pub/Sub connection cannot deliver, from its
-	// failure until it is back with every subscription; nil while it can.
-	down error
+	// main carries the node channel, and every channel unless cluster is
+	// set; shards holds the links to cluster masters by address.
+	main   *link
+	shards map[string]*link
 }
 
 // New returns a node's backplane on client, which several nodes (and the
 // application) may share. client is a *redis.Client (also one from
 // redis.NewFailoverClient) or a *redis.ClusterClient; a *redis.Ring is
-// refused. It starts one goroutine that reads the node's
-// Pub/Sub connection until Close. New does no I/O: an unreachable Redis
+// refused. It starts one goroutine per Pub/Sub connection (one, or with
+// Sharded on a cluster one more per master the node's channels need),
+// each reading its connection until Close. New does no I/O: an unreachable Redis
 // shows in the first call, and the Pub/Sub connection is retried in the
 // background.
 func New(client redis.UniversalClient, opts *Options) (*Backplane, error) {
@@ -151,11 +210,14 @@ func New(client redis.UniversalClient, opts *Options) (*Backplane, error) {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 
+	if o.QueueSize <= 0 {
+		o.QueueSize = 1 << 16
+	}
+
 	node := newEpoch()
 	life, stop := context.WithCancel(context.Background())
 	b := &Backplane{
 		client:      client,
-		ps:          client.Subscribe(life),
 		logger:      o.Logger,
 		prefix:      o.Prefix,
 		msgPrefix:   o.Prefix + ":msg:",
@@ -163,19 +225,31 @@ func New(client redis.UniversalClient, opts *Options) (*Backplane, error) {
 		nodeChannel: o.Prefix + ":node:" + node,
 		historySize: o.HistorySize,
 		historyTTL:  o.HistoryTTL,
+		sharded:     o.Sharded,
+		queueLimit:  o.QueueSize,
+		script:      publishScript,
 		life:        life,
 		stop:        stop,
 		subs:        make(map[string]struct{}),
 		ready:       make(chan struct{}, 1),
 		space:       make(chan struct{}),
 		pings:       make(map[string]chan struct{}),
-		down:        errors.New("not connected yet"),
+		shards:      make(map[string]*link),
 	}
-	b.wg.Add(1)
-	go func() {
-		defer b.wg.Done()
-		b.read(life)
-	}()
+	if o.Sharded {
+		b.script = shardedPublishScript
+		b.cluster, _ = client.(*redis.ClusterClient)
+	}
+	b.main = b.newLink("main", func(ctx context.Context) *redis.PubSub {
+		return client.Subscribe(ctx)
+	})
+	b.main.gapAll = b.cluster == nil
+	// The node's own channel is kept for good, on a classic
+	// subscription: direct messages cross a cluster that way.
+	b.main.plain[b.nodeChannel] = struct{}{}
+	b.mu.Lock()
+	b.main.start()
+	b.mu.Unlock()
 	return b, nil
 }
 
@@ -199,14 +273,17 @@ func (b *Backplane) Send(ctx context.Context, node string, data []byte) error {
 	if err != nil {
 		return b.wrap(ctx, "send", err)
 	}
-	if n == 0 {
+	if _, cluster := b.client.(*redis.ClusterClient); n == 0 && !cluster {
+		// A cluster counts only the receivers on the node that took the
+		// PUBLISH, so 0 proves nothing there.
 		return fmt.Errorf("redisbackplane: send: %w: %q", realtime.ErrUnknownNode, node)
 	}
 	return nil
 }
 
-// Health reports an error while the Pub/Sub connection is down or
-// resubscribing, or when Redis does not answer a PING.
+// Health reports an error while a Pub/Sub connection that carries the
+// node's channel or some subscription is down or resubscribing, or when
+// Redis does not answer a PING. It makes one round trip to Redis.
 func (b *Backplane) Health(ctx context.Context) error {
 	ctx, done, err := b.call(ctx)
 	if err != nil {
@@ -214,10 +291,16 @@ func (b *Backplane) Health(ctx context.Context) error {
 	}
 	defer done()
 	b.mu.Lock()
-	down := b.down
+	var down error
+	for _, l := range b.links() {
+		if l.down != nil && (l == b.main || l.carries()) {
+			down = fmt.Errorf("pubsub connection %s: %w", l.name, l.down)
+			break
+		}
+	}
 	b.mu.Unlock()
 	if down != nil {
-		return fmt.Errorf("redisbackplane: pubsub connection lost: %w", down)
+		return fmt.Errorf("redisbackplane: %w", down)
 	}
 	if err := b.client.Ping(ctx).Err(); err != nil {
 		return b.wrap(ctx, "ping", err)
@@ -237,7 +320,10 @@ func (b *Backplane) keys(channel string) []string {
 // KEYS: epoch, offset, history. ARGV: a fresh epoch (used if the channel
 // has none), history size (0 keeps none), TTL in ms, Pub/Sub channel,
 // payload. It returns {epoch, offset}.
-var publishScript = redis.NewScript(`
+var publishScript = redis.NewScript(publishSource)
+
+// publishSource is the source of publishScript.
+const publishSource = `
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
 	epoch = ARGV[1]
@@ -255,7 +341,12 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('PUBLISH', ARGV[4], id .. ' ' .. epoch .. ' ' .. ARGV[5])
 return {epoch, offset}
-`)
+`
+
+// shardedPublishScript is publishScript with SPUBLISH: the shard channel
+// has the slot of the keys, which Redis requires of a script in a
+// cluster.
+var shardedPublishScript = redis.NewScript(strings.Replace(publishSource, "'PUBLISH'", "'SPUBLISH'", 1))
 
 // Publish gives data the next position of channel and publishes it to
 // every node that follows the channel. It blocks for one round trip to
@@ -267,11 +358,11 @@ func (b *Backplane) Publish(ctx context.Context, channel string, data []byte) (r
 	}
 	defer done()
 
-	res, err := publishScript.Run(ctx, b.client, b.keys(channel),
+	res, err := b.script.Run(ctx, b.client, b.keys(channel),
 		newEpoch(),
 		b.historySize,
 		b.historyTTL.Milliseconds(),
-		b.msgPrefix+channel,
+		b.redisChannel(channel),
 		data,
 	).Slice()
 	if err != nil {

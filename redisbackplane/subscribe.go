@@ -3,8 +3,6 @@ package redisbackplane
 import (
 	"context"
 	"errors"
-	"fmt"
-	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -16,8 +14,10 @@ import (
 
 // Subscribe makes this node receive the messages of channel. It returns
 // once Redis has taken the subscription, so that every message published
-// after it returns reaches Receive. While Receive lags behind by a full
-// queue (65,536 messages), Subscribe and Unsubscribe wait too, until ctx
+// after it returns reaches Receive. While the Pub/Sub connection that
+// would carry the channel is down it returns an error at once, and while
+// that connection is being opened it waits for it. While Receive lags
+// behind by a full queue, Subscribe and Unsubscribe wait too, until ctx
 // ends.
 func (b *Backplane) Subscribe(ctx context.Context, channel string) error {
 	ctx, done, err := b.call(ctx)
@@ -26,21 +26,34 @@ func (b *Backplane) Subscribe(ctx context.Context, channel string) error {
 	}
 	defer done()
 
+	name := b.redisChannel(channel)
+	l, err := b.linkFor(ctx, name)
+	if err != nil {
+		return b.wrap(ctx, "subscribe", err)
+	}
 	b.mu.Lock()
 	b.subs[channel] = struct{}{}
+	l.add(name, b.sharded)
+	ps, lost, err := l.await(ctx)
 	b.mu.Unlock()
-
-	err = b.barrier(ctx, func() error {
-		return b.ps.Subscribe(ctx, b.msgPrefix+channel)
-	})
+	if err == nil {
+		err = b.barrier(ctx, ps, lost, func() error {
+			if b.sharded {
+				return ps.SSubscribe(ctx, name)
+			}
+			return ps.Subscribe(ctx, name)
+		})
+	}
 	if err != nil {
 		// Refused joins leave nothing subscribed.
 		b.mu.Lock()
 		delete(b.subs, channel)
+		delete(l.plain, name)
+		delete(l.shard, name)
 		b.mu.Unlock()
-		if b.life.Err() == nil {
+		if ps != nil && b.life.Err() == nil {
 			uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-			b.ps.Unsubscribe(uctx, b.msgPrefix+channel)
+			b.unsubscribeOn(uctx, ps, name)
 			cancel()
 		}
 		return b.wrap(ctx, "subscribe", err)
@@ -48,8 +61,19 @@ func (b *Backplane) Subscribe(ctx context.Context, channel string) error {
 	return nil
 }
 
+// add records that l carries the Redis channel name. b.mu is held.
+func (l *link) add(name string, shard bool) {
+	if shard {
+		l.shard[name] = struct{}{}
+	} else {
+		l.plain[name] = struct{}{}
+	}
+}
+
 // Unsubscribe stops the messages of channel for this node. Messages of
-// the channel that are on their way are dropped.
+// the channel that are on their way are dropped. While the Pub/Sub
+// connection that carries the channel is down, the channel is left out of
+// the next one.
 func (b *Backplane) Unsubscribe(ctx context.Context, channel string) error {
 	ctx, done, err := b.call(ctx)
 	if err != nil {
@@ -57,12 +81,30 @@ func (b *Backplane) Unsubscribe(ctx context.Context, channel string) error {
 	}
 	defer done()
 
+	name := b.redisChannel(channel)
 	b.mu.Lock()
 	delete(b.subs, channel)
+	var ps *redis.PubSub
+	var lost chan struct{}
+	for _, l := range b.links() {
+		_, plain := l.plain[name]
+		_, shard := l.shard[name]
+		if !plain && !shard {
+			continue
+		}
+		delete(l.plain, name)
+		delete(l.shard, name)
+		if l.down == nil {
+			ps, lost = l.ps, l.lost
+		}
+	}
 	b.mu.Unlock()
+	if ps == nil {
+		return nil
+	}
 
-	err = b.barrier(ctx, func() error {
-		return b.ps.Unsubscribe(ctx, b.msgPrefix+channel)
+	err = b.barrier(ctx, ps, lost, func() error {
+		return b.unsubscribeOn(ctx, ps, name)
 	})
 	if err != nil {
 		return b.wrap(ctx, "unsubscribe", err)
@@ -70,10 +112,18 @@ func (b *Backplane) Unsubscribe(ctx context.Context, channel string) error {
 	return nil
 }
 
-// barrier runs send, which writes a command on the Pub/Sub connection,
-// then pings on that connection and waits for the pong: Redis answers in
-// order, so the pong means it has carried out the command.
-func (b *Backplane) barrier(ctx context.Context, send func() error) error {
+func (b *Backplane) unsubscribeOn(ctx context.Context, ps *redis.PubSub, name string) error {
+	if b.sharded {
+		return ps.SUnsubscribe(ctx, name)
+	}
+	return ps.Unsubscribe(ctx, name)
+}
+
+// barrier runs send, which writes a command on ps, then pings on that
+// connection and waits for the pong: Redis answers in order, so the pong
+// means it has carried out the command. It fails when the connection
+// does (lost is closed) before the pong.
+func (b *Backplane) barrier(ctx context.Context, ps *redis.PubSub, lost chan struct{}, send func() error) error {
 	b.mu.Lock()
 	b.nextPing++
 	payload := "realtime-barrier-" + strconv.FormatUint(b.nextPing, 10)
@@ -89,14 +139,26 @@ func (b *Backplane) barrier(ctx context.Context, send func() error) error {
 	if err := send(); err != nil {
 		return err
 	}
-	if err := b.ps.Ping(ctx, payload); err != nil {
+	if err := ps.Ping(ctx, payload); err != nil {
 		return err
 	}
 	select {
 	case <-pong:
 		return nil
+	case <-lost:
+		return errors.New("pubsub connection lost")
 	case <-ctx.Done():
 		return context.Cause(ctx)
+	}
+}
+
+// pong wakes the barrier waiting for payload.
+func (b *Backplane) pong(payload string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if pong, ok := b.pings[payload]; ok {
+		close(pong)
+		delete(b.pings, payload)
 	}
 }
 
@@ -129,110 +191,31 @@ func (b *Backplane) Receive(ctx context.Context) ([]realtime.Message, error) {
 	}
 }
 
-// Close stops the reader goroutine, closes the Pub/Sub connection and
+// Close stops the reader goroutines, closes the Pub/Sub connections and
 // waits for both. Blocked and later calls return realtime.ErrClosed. It
 // does not close the Redis client.
 func (b *Backplane) Close() error {
-	var err error
 	b.closing.Do(func() {
 		b.mu.Lock()
 		b.closed = true
 		b.queue = nil
+		var open []*redis.PubSub
+		for _, l := range b.links() {
+			if l.ps != nil {
+				open = append(open, l.ps)
+			}
+		}
 		b.mu.Unlock()
 
 		b.stop()
-		err = b.ps.Close()
+		// Closing a connection ends the read blocked on it; the readers
+		// close the ones they open from now on themselves.
+		for _, ps := range open {
+			ps.Close()
+		}
 		b.wg.Wait()
 	})
-	if err != nil {
-		return fmt.Errorf("redisbackplane: close: %w", err)
-	}
 	return nil
-}
-
-// read runs on the goroutine that New starts: it reads the Pub/Sub
-// connection until ctx ends, queueing messages and waking barriers.
-func (b *Backplane) read(ctx context.Context) {
-	// The node's own channel is subscribed first and kept for good:
-	// go-redis records it even if Redis is unreachable now, and subscribes
-	// it again on every reconnect.
-	b.ps.Subscribe(ctx, b.nodeChannel)
-	backoff := 100 * time.Millisecond
-	lost := false    // the connection failed since the last message
-	healthy := false // b.down is nil
-	for {
-		msg, err := b.ps.ReceiveTimeout(ctx, healthInterval)
-		if ctx.Err() != nil {
-			return
-		}
-		var ne net.Error
-		switch {
-		case errors.As(err, &ne) && ne.Timeout():
-			// Silence: a ping makes a dead connection fail the next read,
-			// after which go-redis dials again and resubscribes.
-			b.ps.Ping(ctx)
-			continue
-		case err != nil:
-			b.logger.ErrorContext(ctx, "redis pubsub connection failed: messages published meanwhile are lost",
-				"err", err)
-			lost, healthy = true, false
-			b.mu.Lock()
-			b.down = err
-			b.mu.Unlock()
-			if !b.sleep(ctx, backoff) {
-				return
-			}
-			backoff = min(2*backoff, 5*time.Second)
-			// The ping dials again and resubscribes every channel before
-			// it is sent; its pong then ends the outage.
-			b.ps.Ping(ctx)
-			continue
-		}
-		backoff = 100 * time.Millisecond
-		if !healthy {
-			// The first reply on a new connection follows the
-			// subscriptions that go-redis sends before anything else.
-			healthy = true
-			b.mu.Lock()
-			b.down = nil
-			b.mu.Unlock()
-		}
-		if lost {
-			// Back, and subscribed again: what was published meanwhile is
-			// gone, and the hub must tell its clients.
-			lost = false
-			if !b.enqueue(ctx, realtime.Message{Gap: true}) {
-				return
-			}
-		}
-
-		switch m := msg.(type) {
-		case *redis.Message:
-			if !b.deliver(ctx, m) {
-				return
-			}
-		case *redis.Pong:
-			b.mu.Lock()
-			if pong, ok := b.pings[m.Payload]; ok {
-				close(pong)
-				delete(b.pings, m.Payload)
-			}
-			b.mu.Unlock()
-		}
-	}
-}
-
-// sleep waits for d or until ctx ends, and reports whether ctx is still
-// alive.
-func (b *Backplane) sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
 
 // deliver queues m for Receive if this node follows its channel, waiting
@@ -241,7 +224,7 @@ func (b *Backplane) deliver(ctx context.Context, m *redis.Message) bool {
 	if m.Channel == b.nodeChannel {
 		return b.enqueue(ctx, realtime.Message{Direct: true, Data: []byte(m.Payload)})
 	}
-	channel, ok := strings.CutPrefix(m.Channel, b.msgPrefix)
+	channel, ok := b.channelOf(m.Channel)
 	if !ok {
 		return true
 	}
@@ -253,17 +236,44 @@ func (b *Backplane) deliver(ctx context.Context, m *redis.Message) bool {
 	return b.enqueue(ctx, msg)
 }
 
-// enqueue queues msg for Receive (a gap signal always; a message if this
-// node follows its channel), waiting while the queue is full. It reports
-// false when ctx ended.
+// enqueueGaps queues the gap signals for what l lost: one for every
+// channel of the node, or one per channel l carries.
+func (b *Backplane) enqueueGaps(ctx context.Context, l *link) bool {
+	b.mu.Lock()
+	var lost []string
+	if !l.gapAll && len(l.shard) <= manyGaps {
+		for name := range l.shard {
+			if ch, ok := b.channelOf(name); ok {
+				lost = append(lost, ch)
+			}
+		}
+	}
+	all := l.gapAll || len(l.shard) > manyGaps
+	b.mu.Unlock()
+
+	if all {
+		return b.enqueue(ctx, realtime.Message{Gap: true})
+	}
+	for _, ch := range lost {
+		if !b.enqueue(ctx, realtime.Message{Gap: true, Channel: ch}) {
+			return false
+		}
+	}
+	return true
+}
+
+// enqueue queues msg for Receive (a gap signal for the whole node or a
+// direct message always; otherwise if this node follows its channel),
+// waiting while the queue is full. It reports false when ctx ended.
 func (b *Backplane) enqueue(ctx context.Context, msg realtime.Message) bool {
 	for {
 		b.mu.Lock()
-		if _, ok := b.subs[msg.Channel]; (!ok && !msg.Gap && !msg.Direct) || b.closed {
+		_, follows := b.subs[msg.Channel]
+		if b.closed || !follows && !msg.Direct && !(msg.Gap && msg.Channel == "") {
 			b.mu.Unlock()
 			return true
 		}
-		if len(b.queue) < queueLimit {
+		if len(b.queue) < b.queueLimit {
 			b.queue = append(b.queue, msg)
 			if len(b.queue) == 1 {
 				select {
@@ -283,6 +293,27 @@ func (b *Backplane) enqueue(ctx context.Context, msg realtime.Message) bool {
 			return false
 		}
 	}
+}
+
+// redisChannel returns the Pub/Sub channel of channel: a shard channel in
+// the slot of the channel's keys when sharded.
+func (b *Backplane) redisChannel(channel string) string {
+	if b.sharded {
+		return b.prefix + ":{" + channel + "}:msg"
+	}
+	return b.msgPrefix + channel
+}
+
+// channelOf is the inverse of redisChannel.
+func (b *Backplane) channelOf(name string) (string, bool) {
+	if b.sharded {
+		rest, ok := strings.CutPrefix(name, b.prefix+":{")
+		if !ok {
+			return "", false
+		}
+		return strings.CutSuffix(rest, "}:msg")
+	}
+	return strings.CutPrefix(name, b.msgPrefix)
 }
 
 // decode parses the envelope "<offset> <epoch> <payload>" that the publish
