@@ -7,9 +7,12 @@
 // epoch and offset in headers, and the stream accepts it only if the
 // channel's last stored message is still the one the publisher numbered
 // from, so that offsets rise by exactly one. The stream republishes every
-// stored message, in stream order, on a plain NATS subject that the nodes
-// following its channel subscribe to; a refused publish reaches nobody.
-// It needs nats-server 2.9 or later.
+// stored message on a plain NATS subject that the nodes following its
+// channel subscribe to; a refused publish reaches nobody. Messages that
+// publishers on different connections store at the same moment may be
+// republished in either order, so each node queues a channel's messages
+// by offset, holding one for up to half a second while one before it is
+// missing. It needs nats-server 2.9 or later.
 //
 // # Subjects
 //
