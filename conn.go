@@ -43,8 +43,9 @@ type Transport interface {
 // [Hub.Conn].
 //
 // A Conn is safe for concurrent use. It owns a bounded outbound queue and
-// one writer goroutine, the only one that writes to its transport; both
-// end when the connection closes, after which [Conn.Done] is closed.
+// a writer goroutine, the only one that writes to its transport, which
+// runs while the queue holds something; both end when the connection
+// closes, after which [Conn.Done] is closed.
 type Conn struct {
 	hub      *Hub
 	t        Transport
@@ -76,9 +77,17 @@ type Conn struct {
 	graceful bool
 	reason   CloseError
 
-	wake       chan struct{} // signalled when there is work for the writer
-	writerDone chan struct{}
-	done       chan struct{}
+	// writing is set while a writer goroutine runs; writerIdle, if set,
+	// is closed when it stops. writerStopped forbids new writers once the
+	// connection is finishing. cursor is the writer's resume state, used
+	// by one writer at a time.
+	wake          chan struct{} // signalled when work arrives for a lingering writer
+	writing       bool
+	writerStopped bool
+	writerIdle    chan struct{}
+	cursor        map[string]Position
+
+	done chan struct{}
 }
 
 // maxFrame bounds how many bytes of queued messages one frame coalesces.
@@ -109,7 +118,7 @@ type ConnInfo struct {
 }
 
 // Connect registers a new connection whose frames travel over t. It
-// queues the welcome message, starts the connection's writer goroutine,
+// queues the welcome message (which starts the connection's writer),
 // calls Options.OnConnect and resumes info.Cursor; it blocks while the
 // resumed joins read history. The transport must then pass every client
 // frame to [Conn.Receive] and call [Conn.Close] or [Conn.CloseNow] when the
@@ -130,7 +139,6 @@ func (h *Hub) Connect(t Transport, info ConnInfo) (*Conn, error) {
 		writeCancel: writeCancel,
 		channels:    make(map[string]struct{}),
 		wake:        make(chan struct{}, 1),
-		writerDone:  make(chan struct{}),
 		done:        make(chan struct{}),
 	}
 	c.log = h.log.With(slog.String("conn", c.id), slog.String("transport", t.Name()))
@@ -146,9 +154,12 @@ func (h *Hub) Connect(t Transport, info ConnInfo) (*Conn, error) {
 	if info.Session != "" {
 		welcome = welcome.str("session", info.Session)
 	}
-	c.enqueue(welcome.end())
 	resume, cursorErr := parseCursor(info.Cursor, h.opts.MaxChannels)
-	go c.write(maps.Clone(resume)) // the writer's own copy
+	c.cursor = maps.Clone(resume) // the writer's own copy
+	if c.cursor == nil {
+		c.cursor = make(map[string]Position)
+	}
+	c.enqueue(welcome.end())
 	c.log.Debug("realtime conn opened", slog.String("user", info.Identity.UserID))
 	if h.opts.OnConnect != nil {
 		h.opts.OnConnect(c)
@@ -287,7 +298,16 @@ func (c *Conn) finish() {
 	if !graceful {
 		c.closeTransport(reason) // unblocks a write in progress
 	}
-	<-c.writerDone
+	c.mu.Lock()
+	for c.writing {
+		idle := make(chan struct{})
+		c.writerIdle = idle
+		c.mu.Unlock()
+		<-idle
+		c.mu.Lock()
+	}
+	c.writerStopped = true
+	c.mu.Unlock()
 	c.closeTransport(reason)
 	c.writeCancel()
 

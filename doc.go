@@ -32,8 +32,10 @@
 //     channel, this one included.
 //  4. Each node's Hub encodes the message once and appends it to the
 //     bounded outbound queue of every local member of the channel.
-//  5. Each connection's writer goroutine takes what is queued, coalesces
-//     it into one frame, and writes it to its transport.
+//  5. Each connection's writer takes what is queued, coalesces it into
+//     one frame, and writes it to its transport. The writer is a
+//     goroutine that runs only while the queue holds something, so an
+//     idle connection costs no writer.
 //
 // No transport and no backplane has a shortcut around this path, so the
 // semantics are the same on all of them.
@@ -45,8 +47,8 @@
 // unsubscribes after the last one leaves. It runs one goroutine that
 // receives from the backplane.
 //
-// A [Conn] owns its outbound queue and one writer goroutine, the only
-// code that writes to its transport. When a queue is full, the
+// A [Conn] owns its outbound queue and its writer, the only code that
+// writes to its transport. When a queue is full, the
 // [Options.SlowConsumer] policy applies; a publish never waits for a
 // connection.
 //

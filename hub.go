@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -45,6 +46,36 @@ type Hub struct {
 
 	stats stats
 	fwd   forwarder
+
+	// sweep is closed and replaced every idleSweepInterval: writers that
+	// found nothing to write since the last sweep end then.
+	sweep atomic.Pointer[chan struct{}]
+}
+
+// idleSweepInterval is how often writers of idle connections end.
+const idleSweepInterval = time.Second
+
+// idleSweep returns the channel that the next idle sweep closes.
+func (h *Hub) idleSweep() <-chan struct{} { return *h.sweep.Load() }
+
+// sweepIdle runs the idle sweeps until ctx ends, and then leaves a closed
+// channel behind, so that no writer lingers after the hub stops.
+func (h *Hub) sweepIdle(ctx context.Context) {
+	defer h.loops.Done()
+	t := time.NewTicker(idleSweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			ch := make(chan struct{})
+			close(ch)
+			close(*h.sweep.Swap(&ch))
+			return
+		}
+		ch := make(chan struct{})
+		close(*h.sweep.Swap(&ch))
+	}
 }
 
 // channel is one channel's local members.
@@ -88,8 +119,11 @@ func New(opts *Options) (*Hub, error) {
 		connsDone: make(chan struct{}),
 	}
 	h.fwd.init()
-	h.loops.Add(1)
+	h.sweep.Store(new(chan struct{}))
+	*h.sweep.Load() = make(chan struct{})
+	h.loops.Add(2)
 	go h.receive(ctx)
+	go h.sweepIdle(ctx)
 	h.log.Info("realtime hub started")
 	return h, nil
 }

@@ -3,6 +3,7 @@ package realtime
 import (
 	"context"
 	"errors"
+	"sync"
 )
 
 // item is one queued message with what the writer needs to know of it.
@@ -100,27 +101,59 @@ func (c *Conn) append(it item) {
 	}
 }
 
-// signal wakes the writer. c.mu is held.
+// signal starts the writer if there is something to write and none runs.
+// c.mu is held. An idle connection has no writer goroutine, and no frame
+// buffer.
 func (c *Conn) signal() {
-	select {
-	case c.wake <- struct{}{}:
-	default:
+	if c.writing {
+		select {
+		case c.wake <- struct{}{}: // it may be lingering
+		default:
+		}
+		return
 	}
+	if c.writerStopped || !c.hasWork() {
+		return
+	}
+	c.writing = true
+	go c.write()
 }
 
-// write is the connection's writer goroutine: the only caller of the
-// transport's Write. It coalesces what is queued into frames and keeps
-// the resume cursor.
-func (c *Conn) write(cursor map[string]Position) {
-	defer close(c.writerDone)
-	var data []byte
+// hasWork reports whether the writer has something to do. c.mu is held.
+func (c *Conn) hasWork() bool {
+	if c.closing && !c.graceful {
+		return false
+	}
+	return len(c.queue) > 0 || len(c.lagged) > 0
+}
+
+// framePool holds frame buffers between writers' runs.
+var framePool = sync.Pool{New: func() any { return new([]byte) }}
+
+// write is the connection's writer: the only caller of the transport's
+// Write. It runs while there is something to write, coalescing what is
+// queued into frames and keeping the resume cursor. Once the queue is
+// empty it lingers for a second or two, so that a busy connection does
+// not start a goroutine per message, and then ends; signal starts it
+// again.
+func (c *Conn) write() {
+	buf := framePool.Get().(*[]byte)
 	for {
 		batch, ok := c.next()
 		if !ok {
-			return
+			if c.linger() {
+				continue
+			}
+			if cap(*buf) <= 4*maxFrame {
+				framePool.Put(buf) // a rare huge buffer is not kept
+			}
+			if c.idle() {
+				return
+			}
+			buf = framePool.Get().(*[]byte)
+			continue
 		}
-		data = data[:0]
-		data = append(data, '[')
+		data := append((*buf)[:0], '[')
 		for i, it := range batch {
 			if i > 0 {
 				data = append(data, ',')
@@ -128,46 +161,79 @@ func (c *Conn) write(cursor map[string]Position) {
 			data = append(data, it.data...)
 			switch it.kind {
 			case itemMessage, itemJoined:
-				cursor[it.channel] = it.pos
+				c.cursor[it.channel] = it.pos
 			case itemLeft:
-				delete(cursor, it.channel)
+				delete(c.cursor, it.channel)
 			}
 		}
 		data = append(data, ']')
+		*buf = data
 		clear(batch)
 		c.mu.Lock()
 		c.spare = batch[:0]
 		c.mu.Unlock()
 
 		ctx, cancel := context.WithTimeout(c.writeCtx, c.hub.opts.WriteTimeout)
-		err := c.t.Write(ctx, Frame{Data: data, cursor: cursor})
+		err := c.t.Write(ctx, Frame{Data: data, cursor: c.cursor})
 		cancel()
 		if err != nil {
 			ce := CloseError{CloseAbnormal, "write failed: " + err.Error()}
 			errors.As(err, &ce)
 			c.close(ce, false)
+			framePool.Put(buf)
+			c.idle() // closing at once: there is nothing more to write
 			return
-		}
-		if cap(data) > 4*maxFrame {
-			data = nil // do not keep a rare huge buffer
 		}
 	}
 }
 
-// next waits for queued messages and takes up to a frame's worth. It
-// reports false when the writer should stop.
+// linger waits until more work arrives, reporting true, or until the
+// hub's next idle sweep or the connection closes, reporting false.
+func (c *Conn) linger() bool {
+	sweep := c.hub.idleSweep()
+	c.mu.Lock()
+	closing := c.closing
+	c.mu.Unlock()
+	if closing {
+		return false
+	}
+	select {
+	case <-c.wake:
+		return true
+	case <-sweep:
+		return false
+	}
+}
+
+// idle ends the writer's run unless more work has arrived since next
+// found none, and reports whether it did.
+func (c *Conn) idle() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.hasWork() {
+		return false
+	}
+	c.writing = false
+	// An idle connection keeps no large slices.
+	if cap(c.queue) > 16 {
+		c.queue = nil
+	}
+	if cap(c.spare) > 16 {
+		c.spare = nil
+	}
+	if c.writerIdle != nil {
+		close(c.writerIdle)
+		c.writerIdle = nil
+	}
+	return true
+}
+
+// next takes up to a frame's worth of what is queued. It reports false
+// when there is nothing to write.
 func (c *Conn) next() ([]item, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for len(c.queue) == 0 && len(c.lagged) == 0 {
-		if c.closing {
-			return nil, false
-		}
-		c.mu.Unlock()
-		<-c.wake
-		c.mu.Lock()
-	}
-	if c.closing && !c.graceful {
+	if !c.hasWork() {
 		return nil, false
 	}
 

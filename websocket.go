@@ -79,14 +79,9 @@ func (s *wsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		s.ping(c, ws)
-	}()
+	p := s.startPinger(c, ws)
 	s.read(c, ws)
-	wg.Wait()
+	p.stop()
 	<-c.Done()
 }
 
@@ -130,24 +125,68 @@ func readCloseError(err error) (CloseCode, string) {
 	}
 }
 
-// ping checks that the peer is alive until the connection ends.
-func (s *wsHandler) ping(c *Conn, ws *websocket.Conn) {
-	ctx := c.Context()
-	t := time.NewTicker(s.opts.PingInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+// pinger checks that the peer of one connection is alive. It holds a
+// timer, not a goroutine: each ping runs on the timer's own goroutine,
+// which ends with the ping.
+type pinger struct {
+	s  *wsHandler
+	c  *Conn
+	ws *websocket.Conn
+
+	mu       sync.Mutex
+	timer    *time.Timer
+	stopped  bool
+	inFlight chan struct{} // closed when the ping in progress ends
+}
+
+func (s *wsHandler) startPinger(c *Conn, ws *websocket.Conn) *pinger {
+	p := &pinger{s: s, c: c, ws: ws}
+	p.mu.Lock()
+	p.timer = time.AfterFunc(s.opts.PingInterval, p.ping)
+	p.mu.Unlock()
+	return p
+}
+
+// ping sends one ping and waits for its pong, closing the connection if
+// none comes within the timeout, and schedules the next.
+func (p *pinger) ping() {
+	p.mu.Lock()
+	if p.stopped {
+		p.mu.Unlock()
+		return
+	}
+	done := make(chan struct{})
+	p.inFlight = done
+	p.mu.Unlock()
+	defer close(done)
+
+	ctx := p.c.Context()
+	pctx, cancel := context.WithTimeout(ctx, p.s.opts.PongTimeout)
+	err := p.ws.Ping(pctx)
+	cancel()
+	if err != nil {
+		if ctx.Err() == nil {
+			p.c.CloseNow(ClosePingTimeout, "no pong within the timeout")
 		}
-		pctx, cancel := context.WithTimeout(ctx, s.opts.PongTimeout)
-		err := ws.Ping(pctx)
-		cancel()
-		if err != nil && ctx.Err() == nil {
-			c.CloseNow(ClosePingTimeout, "no pong within the timeout")
-			return
-		}
+		return
+	}
+	p.mu.Lock()
+	if !p.stopped {
+		p.timer.Reset(p.s.opts.PingInterval)
+	}
+	p.mu.Unlock()
+}
+
+// stop cancels the next ping and waits for one in progress, which ends
+// once the connection has closed.
+func (p *pinger) stop() {
+	p.mu.Lock()
+	p.stopped = true
+	p.timer.Stop()
+	done := p.inFlight
+	p.mu.Unlock()
+	if done != nil {
+		<-done
 	}
 }
 
