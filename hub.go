@@ -362,8 +362,12 @@ func (h *Hub) deliver(m Message) {
 func (h *Hub) deliverGap(name string) {
 	h.mu.RLock()
 	affected := make(map[string]*channel)
-	for n, ch := range h.channels {
-		if name == "" || n == name {
+	if name != "" {
+		if ch := h.channels[name]; ch != nil {
+			affected[name] = ch
+		}
+	} else {
+		for n, ch := range h.channels {
 			affected[n] = ch
 		}
 	}
