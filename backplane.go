@@ -87,8 +87,9 @@ const MaxDirectSize = 512 << 10
 // after a pause, unless the error matches [ErrClosed].
 //
 // Node names this node: a name no other live node sharing the broker has,
-// made of the characters [A-Za-z0-9_-] (so that it fits a broker's
-// subject or channel name). It never changes.
+// of 1 to 64 characters of [A-Za-z0-9_-] (so that it fits a broker's
+// subject or channel name). It never changes. Send refuses other names
+// with ErrUnknownNode; the Hub never sends to them.
 //
 // Send delivers data to Receive on the node named node, as a Message with
 // Direct set, at most once and in no particular order relative to other
@@ -491,7 +492,7 @@ func (n *memoryNode) Send(ctx context.Context, node string, data []byte) error {
 		return ErrClosed
 	}
 	to := b.nodes[node]
-	if to == nil {
+	if to == nil || !validNode(node) {
 		return fmt.Errorf("%w: %q", ErrUnknownNode, node)
 	}
 	to.push(Message{Direct: true, Data: append([]byte(nil), data...)})

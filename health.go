@@ -73,15 +73,18 @@ type Stats struct {
 	// Forwarded counts SSE and long-poll requests that reached this node
 	// for a connection held by another and were forwarded there through
 	// the backplane; Served counts those this node served for others.
-	// ForwardFailures counts forwarded requests that got no answer.
+	// ForwardFailures counts forwarded requests that got no answer, and
+	// ForwardRefused those this node refused to serve for others because
+	// too many were in progress.
 	Forwarded       uint64
 	Served          uint64
 	ForwardFailures uint64
+	ForwardRefused  uint64
 }
 
 // stats holds a hub's counters.
 type stats struct {
-	gaps, slow, dropped, forwarded, served, forwardFailures atomic.Uint64
+	gaps, slow, dropped, forwarded, served, forwardFailures, forwardRefused atomic.Uint64
 }
 
 // Stats returns the hub's counters now.
@@ -95,5 +98,6 @@ func (h *Hub) Stats() Stats {
 	s.Forwarded = h.stats.forwarded.Load()
 	s.Served = h.stats.served.Load()
 	s.ForwardFailures = h.stats.forwardFailures.Load()
+	s.ForwardRefused = h.stats.forwardRefused.Load()
 	return s
 }

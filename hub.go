@@ -234,6 +234,7 @@ func (h *Hub) setClosing() bool {
 		return false
 	}
 	h.closing = true
+	h.fwd.shutdown()
 	h.log.Info("realtime hub shutting down", slog.Int("conns", len(h.conns)))
 	if len(h.conns) == 0 {
 		close(h.connsDone)

@@ -331,10 +331,12 @@ func (t *pollTransport) poll(ctx context.Context, ack uint64, timeout, sessionTi
 	}
 	batches, cursor := t.batches, t.cursor
 	if limit > 0 {
-		size := 0
+		// The body ends with the cursor of its last batch: each prefix
+		// is measured with its own.
+		size := 64 + len(strconv.FormatUint(t.seq, 10))
 		for i, b := range batches {
 			size += len(b.data) + 1
-			if i > 0 && size > limit-len(cursor)-64 {
+			if i > 0 && size+len(b.cursor) > limit {
 				batches, cursor = batches[:i], batches[i-1].cursor
 				break
 			}

@@ -3,6 +3,7 @@ package realtime
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"time"
@@ -28,6 +29,12 @@ type Options struct {
 	// error's text is the response body, so it must not hold secrets. It
 	// is called on the request's goroutine and may block. The default, nil,
 	// admits every request with an empty Identity.
+	//
+	// It is also called for each later request of an SSE or long-poll
+	// session (commands, polls), whose UserID must match the session's.
+	// In a cluster it runs on the node the request reaches, with the
+	// request as the client sent it, even when the session lives on
+	// another node.
 	Authenticate func(r *http.Request) (Identity, error)
 
 	// OriginPatterns lists the origins, besides the request's own host,
@@ -88,7 +95,8 @@ type Options struct {
 	CheckChannel func(channel string) error
 
 	// MaxMessageSize bounds the size of a frame a client sends and of a
-	// payload anyone publishes, in bytes. The default, 0, is 64 KiB.
+	// payload anyone publishes, in bytes. The default, 0, is 64 KiB; it
+	// may be at most MaxMessageSizeLimit.
 	MaxMessageSize int
 
 	// MaxChannels bounds how many channels one connection may be in at
@@ -135,6 +143,13 @@ type Identity struct {
 	Data any
 }
 
+// MaxMessageSizeLimit is the largest Options.MaxMessageSize: 256 KiB.
+// Realtime messages are small; larger payloads belong in object storage,
+// with a link in the message. The bound lets any message, with its base64
+// and envelope, travel between cluster nodes as one direct message (see
+// MaxDirectSize), where a long poll that reaches another node is served.
+const MaxMessageSizeLimit = 256 << 10
+
 func (o *Options) withDefaults() (Options, error) {
 	var opts Options
 	if o != nil {
@@ -167,6 +182,8 @@ func (o *Options) withDefaults() (Options, error) {
 		return opts, errors.New("realtime: negative limit in Options")
 	case opts.SlowConsumer != DisconnectSlow && opts.SlowConsumer != DropMessages:
 		return opts, errors.New("realtime: unknown SlowConsumer policy")
+	case opts.MaxMessageSize > MaxMessageSizeLimit:
+		return opts, fmt.Errorf("realtime: MaxMessageSize above %d bytes", MaxMessageSizeLimit)
 	case opts.QueueBytes < 2*opts.MaxMessageSize:
 		// A message can grow by a third in base64, plus its envelope.
 		return opts, errors.New("realtime: QueueBytes must be at least twice MaxMessageSize")

@@ -114,10 +114,17 @@ func (h *Hub) serveClose(w http.ResponseWriter, r *http.Request, s *sessions) {
 
 // session finds the session a request addresses with token, checking
 // origin and identity, or writes the refusal and returns nil.
+//
+// For a request that another node forwarded, that node has checked the
+// origin and run Authenticate on the request as the client sent it; the
+// identity it found is compared here.
 func (h *Hub) session(w http.ResponseWriter, r *http.Request, s *sessions, token string) *session {
-	if err := h.CheckOrigin(r); err != nil {
-		http.Error(w, err.Error(), http.StatusForbidden)
-		return nil
+	fwd, forwarded := forwardedInfo(r)
+	if !forwarded {
+		if err := h.CheckOrigin(r); err != nil {
+			http.Error(w, err.Error(), http.StatusForbidden)
+			return nil
+		}
 	}
 	if token == "" {
 		http.Error(w, "realtime: missing session", http.StatusBadRequest)
@@ -136,7 +143,13 @@ func (h *Hub) session(w http.ResponseWriter, r *http.Request, s *sessions, token
 		return nil
 	}
 	if h.opts.Authenticate != nil {
-		id, err := h.opts.Authenticate(r)
+		var id Identity
+		var err error
+		if forwarded {
+			id.UserID = fwd.user
+		} else {
+			id, err = h.opts.Authenticate(r)
+		}
 		if err != nil || id.UserID != ss.conn.Identity().UserID {
 			http.Error(w, "realtime: the session belongs to another identity", http.StatusForbidden)
 			return nil

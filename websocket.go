@@ -1,8 +1,12 @@
 package realtime
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
+	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -30,9 +34,11 @@ type WebSocketOptions struct {
 //
 // Each request is admitted with [Hub.Admit] (origin and Authenticate),
 // must offer the subprotocol [Subprotocol], and is then upgraded. The
-// handler serves the connection until it ends, and returns only after
-// every goroutine of the connection has ended. After the upgrade the
-// connection lives by its own context, not the request's.
+// handler returns once the connection is open: one goroutine of its own
+// reads it from then on, with small buffers, so that an idle connection
+// keeps neither the request nor net/http's buffers. The connection lives
+// by its own context, not the request's; [Conn.Done] is closed after its
+// reader has ended.
 func NewWebSocketHandler(h *Hub, opts *WebSocketOptions) http.Handler {
 	var o WebSocketOptions
 	if opts != nil {
@@ -62,7 +68,7 @@ func (s *wsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.StatusBadRequest)
 		return
 	}
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+	ws, err := websocket.Accept(smallBuffers{w}, r, &websocket.AcceptOptions{
 		Subprotocols: []string{Subprotocol},
 		// Admit has applied the hub's origin policy.
 		InsecureSkipVerify: true,
@@ -72,17 +78,47 @@ func (s *wsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ws.SetReadLimit(int64(s.hub.MaxMessageSize()))
 
-	t := &wsTransport{ws: ws}
+	t := &wsTransport{ws: ws, readerDone: make(chan struct{})}
 	c, err := s.hub.Connect(t, ConnInfo{Identity: id})
 	if err != nil {
+		close(t.readerDone)
 		ws.Close(websocket.StatusGoingAway, "server shutting down")
 		return
 	}
 
 	p := s.startPinger(c, ws)
-	s.read(c, ws)
-	p.stop()
-	<-c.Done()
+	go func() {
+		defer close(t.readerDone)
+		s.read(c, ws)
+		p.stop()
+	}()
+}
+
+// Buffer sizes of an upgraded connection. A frame larger than a buffer
+// passes around it, so they bound what an idle connection holds, not the
+// frame size.
+const (
+	wsReadBuffer  = 1 << 10
+	wsWriteBuffer = 2 << 10
+)
+
+// smallBuffers hands coder/websocket the hijacked connection with buffers
+// of wsReadBuffer and wsWriteBuffer bytes instead of net/http's 4 KiB
+// ones.
+type smallBuffers struct{ http.ResponseWriter }
+
+func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	var r io.Reader = conn
+	if n := brw.Reader.Buffered(); n > 0 {
+		// What the client sent after its request, already read.
+		b, _ := brw.Reader.Peek(n)
+		r = io.MultiReader(bytes.NewReader(bytes.Clone(b)), conn)
+	}
+	return conn, bufio.NewReadWriter(bufio.NewReaderSize(r, wsReadBuffer), bufio.NewWriterSize(conn, wsWriteBuffer)), nil
 }
 
 // read passes the client's frames to the hub until the connection ends.
@@ -105,7 +141,7 @@ func (s *wsHandler) read(c *Conn, ws *websocket.Conn) {
 			c.RejectFrame("frames must be text")
 			continue
 		}
-		if c.Receive(ctx, frame) != nil {
+		if c.Receive(c.Context(), frame) != nil {
 			return
 		}
 	}
@@ -192,7 +228,8 @@ func (p *pinger) stop() {
 
 // wsTransport is the Transport of one WebSocket connection.
 type wsTransport struct {
-	ws *websocket.Conn
+	ws         *websocket.Conn
+	readerDone chan struct{} // closed when the reader goroutine ends
 }
 
 func (t *wsTransport) Name() string { return "websocket" }
@@ -201,13 +238,23 @@ func (t *wsTransport) Write(ctx context.Context, f Frame) error {
 	return t.ws.Write(ctx, websocket.MessageText, f.Data)
 }
 
+// Close ends the connection and waits for its reader, which the closed
+// connection ends, so that the connection is over when the hub reports it
+// done.
 func (t *wsTransport) Close(code CloseCode, reason string) error {
+	var err error
 	switch code {
 	case CloseAbnormal, ClosePingTimeout:
 		// The peer is gone or not listening: no close frame would arrive.
-		return t.ws.CloseNow()
+		err = t.ws.CloseNow()
+	default:
+		err = t.ws.Close(websocket.StatusCode(code), truncateReason(reason))
+		if err != nil {
+			t.ws.CloseNow()
+		}
 	}
-	return t.ws.Close(websocket.StatusCode(code), truncateReason(reason))
+	<-t.readerDone
+	return err
 }
 
 // truncateReason fits a close reason into a close frame (123 bytes),

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -294,7 +295,7 @@ func closeEndsEverything(t *testing.T, node NewNode) {
 	assert.Less(t, time.Since(start), 5*time.Second, "a publish after Close must fail promptly")
 }
 
-var nodeName = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+var nodeName = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 
 // directMessagesReachTheirNode sends node-addressed messages, of every
 // byte value and up to realtime.MaxDirectSize, to another node and to the
@@ -348,6 +349,10 @@ func directMessagesReachTheirNode(t *testing.T, node NewNode) {
 	if err != nil {
 		assert.ErrorIs(t, err, realtime.ErrUnknownNode)
 	}
+	for _, bad := range []string{"", "a.b", "a*", "a b", strings.Repeat("A", 65), strings.Repeat("A", 7000)} {
+		assert.ErrorIs(t, a.Send(ctx, bad, []byte("lost")), realtime.ErrUnknownNode, "a name no node can have: %.20q", bad)
+	}
+	require.NoError(t, a.Health(ctx), "bad names leave the backplane healthy")
 	quiet(t, a)
 	quiet(t, b)
 	quiet(t, c)

@@ -90,6 +90,10 @@ func (p *publishers) release(channel string, pb *publisher, held bool) {
 // the channel at the same time, and waits for this node's earlier
 // publishes to the channel. data is not retained.
 func (b *Backplane) Publish(ctx context.Context, channel string, data []byte) (realtime.Position, error) {
+	tok, err := channelToken(channel)
+	if err != nil {
+		return realtime.Position{}, err
+	}
 	ctx, done, err := b.call(ctx)
 	if err != nil {
 		return realtime.Position{}, fmt.Errorf("natsbackplane: publish: %w", err)
@@ -101,7 +105,7 @@ func (b *Backplane) Publish(ctx context.Context, channel string, data []byte) (r
 	}
 	defer b.publishers.release(channel, pb, true)
 
-	pos, err := b.publish(ctx, pb, b.inPrefix+token(channel), data)
+	pos, err := b.publish(ctx, pb, b.inPrefix+tok, data)
 	if err != nil {
 		pb.known = false
 		return realtime.Position{}, b.wrap(ctx, "publish", err)
@@ -261,7 +265,11 @@ func (b *Backplane) History(ctx context.Context, channel string, since realtime.
 	if err != nil {
 		return nil, realtime.Position{}, b.wrap(ctx, "history", err)
 	}
-	subject := b.inPrefix + token(channel)
+	tok, err := channelToken(channel)
+	if err != nil {
+		return nil, realtime.Position{}, err
+	}
+	subject := b.inPrefix + tok
 	last, err := lastMessage(ctx, stream, subject)
 	if err != nil {
 		return nil, realtime.Position{}, b.wrap(ctx, "history", err)

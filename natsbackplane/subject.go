@@ -1,6 +1,9 @@
 package natsbackplane
 
-import "strings"
+import (
+	"fmt"
+	"strings"
+)
 
 // token returns channel as a single NATS subject token, so that every
 // channel name, of any bytes, has its own subject and no name can reach
@@ -50,7 +53,7 @@ func plain(c byte) bool {
 // validName reports whether s is made of [A-Za-z0-9_-] only, as node
 // names and prefix tokens are.
 func validName(s string) bool {
-	if s == "" {
+	if s == "" || len(s) > 64 {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
@@ -60,4 +63,21 @@ func validName(s string) bool {
 		}
 	}
 	return true
+}
+
+// maxToken bounds a channel's subject token. The server cuts the
+// connection of a client that sends a protocol line longer than its
+// max_control_line (4 KiB by default), so longer names are refused
+// before they reach it. Escaping triples a byte at most: any name of up
+// to 340 bytes fits.
+const maxToken = 1024
+
+// channelToken returns the subject token of channel, or an error if the
+// channel's name is too long for a subject.
+func channelToken(channel string) (string, error) {
+	tok := token(channel)
+	if len(tok) > maxToken {
+		return "", fmt.Errorf("natsbackplane: channel name of %d bytes too long for a NATS subject", len(channel))
+	}
+	return tok, nil
 }

@@ -18,6 +18,10 @@ import (
 // after it returns reaches Receive, in order. It fails at once while the
 // connection is down.
 func (b *Backplane) Subscribe(ctx context.Context, channel string) error {
+	tok, err := channelToken(channel)
+	if err != nil {
+		return err
+	}
 	ctx, done, err := b.call(ctx)
 	if err != nil {
 		return fmt.Errorf("natsbackplane: subscribe: %w", err)
@@ -37,7 +41,7 @@ func (b *Backplane) Subscribe(ctx context.Context, channel string) error {
 		b.mu.Unlock()
 		return nil
 	}
-	sub, err := b.nc.ChanSubscribe(b.outPrefix+token(channel), b.msgs)
+	sub, err := b.nc.ChanSubscribe(b.outPrefix+tok, b.msgs)
 	if err != nil {
 		b.mu.Unlock()
 		return b.wrap(ctx, "subscribe", err)
@@ -53,7 +57,7 @@ func (b *Backplane) Subscribe(ctx context.Context, channel string) error {
 	err = b.nc.FlushWithContext(ctx)
 	var last stored
 	if err == nil {
-		last, err = lastMessage(ctx, stream, b.inPrefix+token(channel))
+		last, err = lastMessage(ctx, stream, b.inPrefix+tok)
 	}
 	if err != nil {
 		// Refused joins leave nothing subscribed.

@@ -269,6 +269,9 @@ func (b *Backplane) Send(ctx context.Context, node string, data []byte) error {
 	if len(data) > realtime.MaxDirectSize {
 		return fmt.Errorf("redisbackplane: send: %d bytes exceed realtime.MaxDirectSize", len(data))
 	}
+	if !validNode(node) {
+		return fmt.Errorf("redisbackplane: send: %w: %.64q", realtime.ErrUnknownNode, node)
+	}
 	n, err := b.client.Publish(ctx, b.prefix+":node:"+node, data).Result()
 	if err != nil {
 		return b.wrap(ctx, "send", err)
@@ -511,4 +514,19 @@ func newEpoch() string {
 	var b [9]byte
 	rand.Read(b[:])
 	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// validNode reports whether name can be a node's name: 1 to 64 of
+// [A-Za-z0-9_-], as realtime.Backplane.Node promises.
+func validNode(name string) bool {
+	if len(name) == 0 || len(name) > 64 {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
 }

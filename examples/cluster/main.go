@@ -5,15 +5,19 @@
 //	go run ./examples/cluster -backplane nats://127.0.0.1:4222
 //
 // Node i listens on the port after node i-1 (8080, 8081, 8082 by
-// default): open http://localhost:8080 in one tab and
-// http://localhost:8081 in another. Each node is the chat of
-// examples/chat on its own hub; only the backplane joins them. Every node
-// answers /readyz for a load balancer. With -backplane memory the nodes
-// share an in-memory broker inside this one process.
+// default; -addr moves them, -nodes changes how many): open
+// http://localhost:8080 in one tab and http://localhost:8081 in another.
+// Each node is the chat of examples/chat on its own hub; only the
+// backplane joins them. Every node answers /readyz for a load balancer.
+// With -backplane memory the nodes share an in-memory broker inside this
+// one process; -prefix names the namespace on a real broker.
 //
 // A load balancer in front of the nodes needs no sticky sessions: an SSE
 // or long-poll request that reaches the wrong node is forwarded to the
-// right one through the backplane.
+// right one through the backplane. The example runs one that sends each
+// request to the next node in turn, at http://localhost:8090 (-balancer);
+// open http://localhost:8090/?transport=longpoll to see a chat whose
+// every poll lands on another node.
 package main
 
 import (
@@ -24,10 +28,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httputil"
 	"net/url"
 	"os"
 	"os/signal"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -44,15 +51,17 @@ func main() {
 	nodes := flag.Int("nodes", 3, "how many nodes to run")
 	addr := flag.String("addr", "localhost:8080", "address of the first node; the others take the next ports")
 	backplane := flag.String("backplane", "memory", "memory, redis://host:port or nats://host:port")
+	lb := flag.String("balancer", "localhost:8090", "address of a round-robin load balancer in front of the nodes (\"\" for none)")
+	prefix := flag.String("prefix", "realtime-cluster", "namespace of the keys, subjects and streams on the broker")
 	flag.Parse()
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	if err := run(*nodes, *addr, *backplane, logger); err != nil {
+	if err := run(*nodes, *addr, *backplane, *lb, *prefix, logger); err != nil {
 		logger.Error("cluster failed", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(n int, addr, backplane string, logger *slog.Logger) error {
+func run(n int, addr, backplane, lb, prefix string, logger *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
@@ -64,7 +73,7 @@ func run(n int, addr, backplane string, logger *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("port of -addr: %w", err)
 	}
-	newBackplane, closeBroker, err := broker(backplane)
+	newBackplane, closeBroker, err := broker(backplane, prefix)
 	if err != nil {
 		return err
 	}
@@ -78,6 +87,12 @@ func run(n int, addr, backplane string, logger *slog.Logger) error {
 	}
 	for i, nd := range cl.nodes {
 		logger.Info("chat node listening", "node", i, "url", "http://"+nd.addr, "backplane", backplane)
+	}
+	if lb != "" {
+		srv := &http.Server{Addr: lb, Handler: balancer(cl), ReadHeaderTimeout: 10 * time.Second}
+		go func() { cl.errc <- srv.ListenAndServe() }()
+		defer srv.Close()
+		logger.Info("round-robin load balancer listening", "url", "http://"+lb)
 	}
 	select {
 	case err = <-cl.errc:
@@ -107,7 +122,7 @@ type node struct {
 // start runs n chat nodes, node i on the listener listen(i) returns and
 // on a backplane of its own from newBackplane.
 func start(n int, listen func(i int) (net.Listener, error), newBackplane func() (realtime.Backplane, error), logger *slog.Logger) (*cluster, error) {
-	cl := &cluster{errc: make(chan error, n)}
+	cl := &cluster{errc: make(chan error, n+1)}
 	for i := 0; i < n; i++ {
 		ln, err := listen(i)
 		if err != nil {
@@ -134,18 +149,42 @@ func start(n int, listen func(i int) (net.Listener, error), newBackplane func() 
 	return cl, nil
 }
 
-// shutdown stops every node: its hub first, since http.Server.Shutdown
-// does not wait for WebSockets, then its server.
+// shutdown stops every node at once: its hub first, since
+// http.Server.Shutdown does not wait for WebSockets, then its server.
 func (cl *cluster) shutdown(ctx context.Context) {
+	var wg sync.WaitGroup
 	for _, nd := range cl.nodes {
-		nd.hub.Shutdown(ctx)
-		nd.srv.Shutdown(ctx)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			nd.hub.Shutdown(ctx)
+			nd.srv.Shutdown(ctx)
+		}()
+	}
+	wg.Wait()
+}
+
+// balancer is a load balancer without sticky sessions: it sends each
+// request to the next node in turn.
+func balancer(cl *cluster) http.Handler {
+	var targets []*url.URL
+	for _, nd := range cl.nodes {
+		targets = append(targets, &url.URL{Scheme: "http", Host: nd.addr})
+	}
+	var next atomic.Uint64
+	return &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) {
+			r.SetURL(targets[next.Add(1)%uint64(len(targets))])
+			r.Out.Host = r.In.Host // the hub checks Origin against it
+		},
+		FlushInterval: -1, // SSE events pass at once
 	}
 }
 
 // broker connects to the broker that spec names and returns a function
-// making one node's backplane on it, and one closing the connection.
-func broker(spec string) (func() (realtime.Backplane, error), func(), error) {
+// making one node's backplane on it, under prefix, and one closing the
+// connection.
+func broker(spec, prefix string) (func() (realtime.Backplane, error), func(), error) {
 	if spec == "memory" {
 		b := realtime.NewMemoryBroker(nil)
 		return func() (realtime.Backplane, error) { return b.Backplane(), nil }, func() {}, nil
@@ -162,7 +201,7 @@ func broker(spec string) (func() (realtime.Backplane, error), func(), error) {
 		}
 		client := redis.NewClient(opts)
 		return func() (realtime.Backplane, error) {
-			return redisbackplane.New(client, nil)
+			return redisbackplane.New(client, &redisbackplane.Options{Prefix: prefix})
 		}, func() { client.Close() }, nil
 	case "nats", "tls":
 		nc, err := nats.Connect(spec, nats.MaxReconnects(-1))
@@ -170,7 +209,7 @@ func broker(spec string) (func() (realtime.Backplane, error), func(), error) {
 			return nil, nil, fmt.Errorf("-backplane: %w", err)
 		}
 		return func() (realtime.Backplane, error) {
-			return natsbackplane.New(nc, nil)
+			return natsbackplane.New(nc, &natsbackplane.Options{Prefix: prefix})
 		}, func() { nc.Close() }, nil
 	}
 	return nil, nil, fmt.Errorf("-backplane %q: want memory, redis://host:port or nats://host:port", spec)

@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -33,7 +35,7 @@ func TestUsersOnDifferentNodesTalk(t *testing.T) {
 	}
 	for name, spec := range brokers {
 		t.Run(name, func(t *testing.T) {
-			newBackplane, closeBroker, err := broker(spec)
+			newBackplane, closeBroker, err := broker(spec, "realtime-cluster-test")
 			if err == nil {
 				err = reachable(newBackplane)
 			}
@@ -68,14 +70,21 @@ func TestUsersOnDifferentNodesTalk(t *testing.T) {
 				}, 10*time.Second, 20*time.Millisecond, "node %s becomes ready", nd.addr)
 			}
 
-			users := []struct{ name, transport, path string }{
-				{"ann", client.WebSocket, "ws"},
-				{"bob", client.SSE, "sse"},
-				{"cy", client.LongPoll, "poll"},
+			lb := httptest.NewServer(balancer(cl))
+			defer lb.Close()
+
+			// A user on each node, and two behind the load balancer, whose
+			// requests land on every node in turn.
+			users := []struct{ name, transport, path, host string }{
+				{"ann", client.WebSocket, "ws", cl.nodes[0].addr},
+				{"bob", client.SSE, "sse", cl.nodes[1].addr},
+				{"cy", client.LongPoll, "poll", cl.nodes[2].addr},
+				{"dee", client.LongPoll, "poll", strings.TrimPrefix(lb.URL, "http://")},
+				{"eve", client.SSE, "sse", strings.TrimPrefix(lb.URL, "http://")},
 			}
 			var clients []*client.Client
-			for i, u := range users {
-				base := "http://" + cl.nodes[i].addr + "/realtime/" + u.path + "?name=" + u.name
+			for _, u := range users {
+				base := "http://" + u.host + "/realtime/" + u.path + "?name=" + u.name
 				if u.transport == client.WebSocket {
 					base = "ws" + base[len("http"):]
 				}
