@@ -190,8 +190,8 @@ func (c *Conn) runSend(ctx context.Context, cmd *command) bool {
 
 // replyError answers a failed command; it returns false, for run.
 func (c *Conn) replyError(id uint64, channel string, e *protocolError) bool {
-	if c.log.Enabled(context.Background(), slog.LevelDebug) {
-		c.log.Debug("realtime command failed",
+	if c.hub.log.Enabled(context.Background(), slog.LevelDebug) {
+		c.logger().Debug("realtime command failed",
 			slog.String("code", e.code), slog.String("channel", channel),
 			slog.String("message", e.message))
 	}

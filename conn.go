@@ -8,6 +8,7 @@ import (
 	"maps"
 	"sort"
 	"sync"
+	"sync/atomic"
 )
 
 // Transport carries frames between the Hub and one client connection. A
@@ -51,7 +52,6 @@ type Conn struct {
 	t        Transport
 	id       string
 	identity Identity
-	log      *slog.Logger
 
 	// ctx ends when the connection starts closing. writeCtx ends when
 	// writing must stop: at once for an immediate close, after the flush
@@ -59,7 +59,10 @@ type Conn struct {
 	ctx         context.Context
 	cancel      context.CancelFunc
 	writeCtx    context.Context
-	writeCancel context.CancelFunc
+	writeCancel context.CancelCauseFunc
+	// writeSince is when the write in progress began (UnixNano), or 0:
+	// the hub's sweep ends writes older than Options.WriteTimeout.
+	writeSince atomic.Int64
 
 	// memberMu serialises this connection's joins and leaves, including
 	// backplane I/O, so that membership cannot change while the
@@ -127,7 +130,7 @@ type ConnInfo struct {
 // Connect returns ErrClosed when the hub is shutting down.
 func (h *Hub) Connect(t Transport, info ConnInfo) (*Conn, error) {
 	ctx, cancel := context.WithCancel(context.Background())
-	writeCtx, writeCancel := context.WithCancel(context.Background())
+	writeCtx, writeCancel := context.WithCancelCause(context.Background())
 	c := &Conn{
 		hub:         h,
 		t:           t,
@@ -141,10 +144,9 @@ func (h *Hub) Connect(t Transport, info ConnInfo) (*Conn, error) {
 		wake:        make(chan struct{}, 1),
 		done:        make(chan struct{}),
 	}
-	c.log = h.log.With(slog.String("conn", c.id), slog.String("transport", t.Name()))
 	if err := h.addConn(c); err != nil {
 		cancel()
-		writeCancel()
+		writeCancel(nil)
 		return nil, err
 	}
 	welcome := newMessage("welcome", 0).
@@ -160,7 +162,9 @@ func (h *Hub) Connect(t Transport, info ConnInfo) (*Conn, error) {
 		c.cursor = make(map[string]Position)
 	}
 	c.enqueue(welcome.end())
-	c.log.Debug("realtime conn opened", slog.String("user", info.Identity.UserID))
+	if h.log.Enabled(context.Background(), slog.LevelDebug) {
+		c.logger().Debug("realtime conn opened", slog.String("user", info.Identity.UserID))
+	}
 	if h.opts.OnConnect != nil {
 		h.opts.OnConnect(c)
 	}
@@ -170,6 +174,13 @@ func (h *Hub) Connect(t Transport, info ConnInfo) (*Conn, error) {
 		c.resume(resume)
 	}
 	return c, nil
+}
+
+// logger returns the hub's logger with the connection's attributes. It
+// is built when needed: connections log rarely, and an idle one should
+// not hold it.
+func (c *Conn) logger() *slog.Logger {
+	return c.hub.log.With(slog.String("conn", c.id), slog.String("transport", c.t.Name()))
 }
 
 // ID returns the connection's unique, unguessable ID.
@@ -269,7 +280,7 @@ func (c *Conn) close(reason CloseError, graceful bool) {
 	if c.closing {
 		if c.graceful && !graceful {
 			c.graceful = false
-			c.writeCancel()
+			c.writeCancel(nil)
 			c.signal()
 		}
 		return
@@ -309,14 +320,14 @@ func (c *Conn) finish() {
 	c.writerStopped = true
 	c.mu.Unlock()
 	c.closeTransport(reason)
-	c.writeCancel()
+	c.writeCancel(nil)
 
 	level := slog.LevelDebug
 	if reason.Code == CloseSlowConsumer {
 		c.hub.stats.slow.Add(1)
 		level = slog.LevelWarn
 	}
-	c.log.Log(context.Background(), level, "realtime conn closed",
+	c.logger().Log(context.Background(), level, "realtime conn closed",
 		slog.Int("code", int(reason.Code)), slog.String("reason", reason.Reason))
 	if c.hub.opts.OnDisconnect != nil {
 		c.hub.opts.OnDisconnect(c, reason)
@@ -329,7 +340,7 @@ func (c *Conn) finish() {
 
 func (c *Conn) closeTransport(reason CloseError) {
 	if err := c.t.Close(reason.Code, reason.Reason); err != nil {
-		c.log.Debug("realtime transport close", slog.Any("err", err))
+		c.logger().Debug("realtime transport close", slog.Any("err", err))
 	}
 }
 

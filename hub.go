@@ -52,7 +52,8 @@ type Hub struct {
 	sweep atomic.Pointer[chan struct{}]
 }
 
-// idleSweepInterval is how often writers of idle connections end.
+// idleSweepInterval is how often writers of idle connections end, and
+// how often writes are checked against Options.WriteTimeout.
 const idleSweepInterval = time.Second
 
 // idleSweep returns the channel that the next idle sweep closes.
@@ -75,6 +76,7 @@ func (h *Hub) sweepIdle(ctx context.Context) {
 		}
 		ch := make(chan struct{})
 		close(*h.sweep.Swap(&ch))
+		h.expireWrites(time.Now())
 	}
 }
 

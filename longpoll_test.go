@@ -174,8 +174,12 @@ func TestLongPollResumesWithCursor(t *testing.T) {
 		_, err := th.Publish(ctxT(t), "room", []byte(strconv.Itoa(i)))
 		require.NoError(t, err)
 	}
-	_, reopened := openPoll(t, base, url.Values{"cursor": {cursor}})
-	msgs := reopened.Messages[1:]
+	session, reopened := openPoll(t, base, url.Values{"cursor": {cursor}})
+	msgs, ack := reopened.Messages[1:], reopened.Seq
+	for len(msgs) < 6 {
+		r := poll(t, base, session, ack)
+		msgs, ack = append(msgs, r.Messages...), r.Seq
+	}
 	require.Len(t, msgs, 6)
 	assert.Equal(t, true, msgs[0]["recovered"])
 	for i, m := range msgs[1:] {

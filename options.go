@@ -116,7 +116,8 @@ type Options struct {
 	SlowConsumer SlowConsumerPolicy
 
 	// WriteTimeout bounds each write to a connection. A write that takes
-	// longer closes the connection. The default, 0, is 10 seconds.
+	// longer closes the connection; writes are checked once a second, so
+	// one may last up to a second more. The default, 0, is 10 seconds.
 	WriteTimeout time.Duration
 }
 

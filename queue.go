@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"time"
 )
 
 // item is one queued message with what the writer needs to know of it.
@@ -173,11 +174,16 @@ func (c *Conn) write() {
 		c.spare = batch[:0]
 		c.mu.Unlock()
 
-		ctx, cancel := context.WithTimeout(c.writeCtx, c.hub.opts.WriteTimeout)
-		err := c.t.Write(ctx, Frame{Data: data, cursor: c.cursor})
-		cancel()
+		// The hub's sweep cancels writeCtx if this write outlasts the
+		// write timeout: no timer per write.
+		c.writeSince.Store(time.Now().UnixNano())
+		err := c.t.Write(c.writeCtx, Frame{Data: data, cursor: c.cursor})
+		c.writeSince.Store(0)
 		if err != nil {
 			ce := CloseError{CloseAbnormal, "write failed: " + err.Error()}
+			if context.Cause(c.writeCtx) == errWriteTimeout {
+				ce.Reason = "write timed out"
+			}
 			errors.As(err, &ce)
 			c.close(ce, false)
 			framePool.Put(buf)
@@ -256,4 +262,23 @@ func (c *Conn) next() ([]item, bool) {
 		clear(c.lagged)
 	}
 	return batch, true
+}
+
+// errWriteTimeout ends a write that outlasted Options.WriteTimeout.
+var errWriteTimeout = errors.New("realtime: write timed out")
+
+// expireWrites cancels the writes that began before deadline.
+func (h *Hub) expireWrites(now time.Time) {
+	deadline := now.Add(-h.opts.WriteTimeout).UnixNano()
+	var late []*Conn
+	h.mu.RLock()
+	for _, c := range h.conns {
+		if since := c.writeSince.Load(); since != 0 && since < deadline {
+			late = append(late, c)
+		}
+	}
+	h.mu.RUnlock()
+	for _, c := range late {
+		c.writeCancel(errWriteTimeout)
+	}
 }

@@ -98,8 +98,8 @@ func (s *wsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // passes around it, so they bound what an idle connection holds, not the
 // frame size.
 const (
-	wsReadBuffer  = 1 << 10
-	wsWriteBuffer = 2 << 10
+	wsReadBuffer  = 512
+	wsWriteBuffer = 1 << 10
 )
 
 // smallBuffers hands coder/websocket the hijacked connection with buffers
