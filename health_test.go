@@ -3,10 +3,16 @@ package realtime_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"net/http"
+	"runtime"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -67,4 +73,65 @@ func TestStatsCountSlowConsumers(t *testing.T) {
 	}
 	require.Eventually(t, func() bool { return th.Stats().SlowConsumers == 1 }, 10e9, 5e6)
 	assert.Equal(t, 0, th.Stats().Connections)
+}
+
+// A write that the client does not take within Options.WriteTimeout ends
+// the connection, on every transport: a client that stops reading holds
+// no writer for long.
+func TestStalledWritesTimeOut(t *testing.T) {
+	for _, path := range []string{"ws", "sse"} {
+		t.Run(path, func(t *testing.T) {
+			t.Parallel()
+			th := newTestHub(t, &realtime.Options{WriteTimeout: time.Second, QueueBytes: 64 << 20, QueueMessages: 1 << 16}, nil)
+			// A small receive buffer, so that the server's writes stall
+			// soon after the client stops reading.
+			d := net.Dialer{Control: func(network, address string, rc syscall.RawConn) error {
+				var err error
+				rc.Control(func(fd uintptr) {
+					err = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 32<<10)
+				})
+				return err
+			}}
+			conn, err := d.Dial("tcp", strings.TrimPrefix(th.srv.URL, "http://"))
+			require.NoError(t, err)
+			defer conn.Close()
+			// The client asks, then reads nothing: its socket fills up.
+			if path == "ws" {
+				fmt.Fprintf(conn, "GET /rt/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
+					"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: %s\r\n\r\n", realtime.Subprotocol)
+			} else {
+				fmt.Fprintf(conn, "GET /rt/sse HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+			}
+			th.waitConns(t, 1)
+			c := th.Conns()[0]
+			require.NoError(t, c.Join(ctxT(t), "room"))
+			big := make([]byte, 32<<10)
+			for i := range big {
+				big[i] = 'x'
+			}
+			data := append(append([]byte(`"`), big...), '"')
+			start := time.Now()
+			for i := 0; i < 400 && len(th.Conns()) == 1; i++ {
+				_, err := th.Publish(ctxT(t), "room", data)
+				require.NoError(t, err)
+			}
+			select {
+			case <-c.Done():
+			case <-time.After(15 * time.Second):
+				buf := make([]byte, 1<<20)
+				n := runtime.Stack(buf, true)
+				for _, g := range strings.Split(string(buf[:n]), "\n\n") {
+					if strings.Contains(g, "realtime.(*Conn).write") || strings.Contains(g, "sweepIdle") {
+						t.Log(g)
+					}
+				}
+				t.Fatal("a stalled write was not cut off")
+			}
+			t.Logf("closed after %v: %v", time.Since(start), c.Reason())
+			assert.Equal(t, realtime.CloseAbnormal, c.Reason().Code)
+			if path == "ws" {
+				assert.Contains(t, c.Reason().Reason, "write timed out")
+			} // over SSE the cut write may end the request first: "client went away"
+		})
+	}
 }

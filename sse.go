@@ -151,10 +151,13 @@ func (t *sseTransport) Write(ctx context.Context, f Frame) error {
 	if t.closed {
 		return ErrClosed
 	}
+	// A write outlives neither ctx nor its deadline.
 	if d, ok := ctx.Deadline(); ok {
 		t.rc.SetWriteDeadline(d)
 		defer t.rc.SetWriteDeadline(time.Time{})
 	}
+	stop := context.AfterFunc(ctx, func() { t.rc.SetWriteDeadline(time.Now()) })
+	defer stop()
 	// The cursor is query-escaped and the frame holds no line break, so
 	// each fits its field.
 	// Every event has an id, empty while the connection is in no channel,
