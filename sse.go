@@ -34,11 +34,16 @@ type SSEOptions struct {
 // commands by POST to the same URL with that secret in the
 // [SessionHeader] header and a JSON body.
 //
-// The stream clears the http.Server's WriteTimeout and sets a deadline for
-// each write instead, so it outlives that timeout. It works over HTTP/1.1
-// and HTTP/2. A ResponseWriter that cannot flush (a middleware that hides
-// http.Flusher without an Unwrap method) gets a 500 with an explanation.
-// The GET returns once every goroutine of the connection has ended.
+// Over HTTP/1.x the stream takes over the connection (it is hijacked,
+// through middleware that offers Unwrap): the GET returns once the stream
+// is open, headers that middleware set are sent along, the body ends with
+// the connection, and the stream holds only a small reader goroutine and
+// a heartbeat timer. Over HTTP/2, or when the writer cannot be hijacked,
+// the stream runs through the ResponseWriter and the GET returns when the
+// connection ends; a ResponseWriter that cannot flush either (a
+// middleware that hides http.Flusher without an Unwrap method) gets a 500
+// with an explanation. Either way the stream outlives the http.Server's
+// WriteTimeout.
 func NewSSEHandler(h *Hub, opts *SSEOptions) http.Handler {
 	var o SSEOptions
 	if opts != nil {
@@ -79,6 +84,9 @@ func (s *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (s *sseHandler) stream(w http.ResponseWriter, r *http.Request) {
 	id, ok := s.hub.Admit(w, r)
 	if !ok {
+		return
+	}
+	if s.streamHijacked(w, r, id) {
 		return
 	}
 	rc := http.NewResponseController(w)

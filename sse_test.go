@@ -444,3 +444,59 @@ func wrap(h http.Handler, withUnwrap bool) http.Handler {
 }
 
 var _ = bytes.MinRead
+
+// An HTTP/1.1 event stream is served on the hijacked connection: headers
+// that middleware set come along, the body ends with the connection, and
+// the request's handler has returned while the stream goes on.
+func TestSSEOverHTTP1KeepsMiddlewareHeaders(t *testing.T) {
+	t.Parallel()
+	hub, err := realtime.New(nil)
+	require.NoError(t, err)
+	defer hub.Close()
+	returned := make(chan struct{}, 1)
+	sse := realtime.NewSSEHandler(hub, nil)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Access-Control-Allow-Origin", "https://app.example")
+		w.Header().Set("X-Trace", "abc")
+		sse.ServeHTTP(w, r)
+		returned <- struct{}{}
+	}))
+	defer srv.Close()
+
+	resp, err := http.Get(srv.URL)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Equal(t, "text/event-stream", resp.Header.Get("Content-Type"))
+	assert.Equal(t, "https://app.example", resp.Header.Get("Access-Control-Allow-Origin"))
+	assert.Equal(t, "abc", resp.Header.Get("X-Trace"))
+	assert.True(t, resp.Close, "the stream ends with its connection")
+	select {
+	case <-returned:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the handler did not return once the stream was open")
+	}
+	// The stream still works: the welcome arrives, then a direct message.
+	br := bufio.NewReader(resp.Body)
+	var data []string
+	for len(data) < 1 {
+		line, err := br.ReadString('\n')
+		require.NoError(t, err)
+		if d, ok := strings.CutPrefix(line, "data: "); ok {
+			data = append(data, d)
+		}
+	}
+	assert.Contains(t, data[0], `"welcome"`)
+	require.Eventually(t, func() bool { return len(hub.Conns()) == 1 }, 5*time.Second, 5*time.Millisecond)
+	require.NoError(t, hub.Conns()[0].Send([]byte(`"hi"`)))
+	for {
+		line, err := br.ReadString('\n')
+		require.NoError(t, err)
+		if strings.Contains(line, `"direct"`) {
+			break
+		}
+	}
+	resp.Body.Close()
+	require.Eventually(t, func() bool { return len(hub.Conns()) == 0 }, 5*time.Second, 5*time.Millisecond,
+		"the connection ends when the client leaves")
+}
