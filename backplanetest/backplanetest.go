@@ -10,7 +10,17 @@
 //	}
 //
 // This is the way to build a custom backplane: write it against the
-// realtime.Backplane documentation, then make Run pass, under -race.
+// realtime.Backplane documentation, then make these pass, under -race:
+//
+//   - [Run]: the contract, node by node, against the live broker;
+//   - [RunCluster]: three whole hubs on the backplane behind a
+//     round-robin proxy, with clients of every transport, recovery on
+//     another node and no sticky sessions;
+//   - [RunOutage]: the broker taken away and brought back, for example
+//     through a [Proxy] between the nodes and the broker.
+//
+// The backplanes of this module, and the PostgreSQL one in
+// examples/pgbackplane, run all three.
 package backplanetest
 
 import (

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/realtimekit/realtime"
+	"github.com/realtimekit/realtime/backplanetest"
 	"github.com/realtimekit/realtime/client"
 	"github.com/realtimekit/realtime/redisbackplane"
 )
@@ -42,10 +43,10 @@ func (b *syncBuffer) String() string {
 // proxiedNode runs a hub whose backplane reaches the private Redis at
 // addr through a proxy, and returns the hub, its backplane, the proxy and
 // the server's URL.
-func proxiedNode(t *testing.T, addr string, logs *syncBuffer, hubOpts realtime.Options) (*realtime.Hub, *redisbackplane.Backplane, *tcpProxy, string) {
+func proxiedNode(t *testing.T, addr string, logs *syncBuffer, hubOpts realtime.Options) (*realtime.Hub, *redisbackplane.Backplane, *backplanetest.Proxy, string) {
 	t.Helper()
-	proxy := startProxy(t, addr)
-	rdb := redis.NewClient(&redis.Options{Addr: proxy.addr, DialTimeout: time.Second})
+	proxy := backplanetest.NewProxy(t, addr)
+	rdb := redis.NewClient(&redis.Options{Addr: proxy.Addr(), DialTimeout: time.Second})
 	t.Cleanup(func() { rdb.Close() })
 	bp, err := redisbackplane.New(rdb, &redisbackplane.Options{
 		Prefix: "outage",
@@ -131,7 +132,7 @@ func TestF05RedisUnreachable(t *testing.T) {
 	}
 	gapsBefore := hub.Stats().Gaps
 
-	proxy.cut()
+	proxy.Cut()
 	outage := time.Now()
 	require.Eventually(t, func() bool { return readyStatus(t, url) == http.StatusServiceUnavailable },
 		5*time.Second, 20*time.Millisecond, "readiness fails while Redis is unreachable")
@@ -145,7 +146,7 @@ func TestF05RedisUnreachable(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 	}
 
-	proxy.restore(t)
+	proxy.Restore(t)
 	back := time.Now()
 	require.Eventually(t, func() bool { return readyStatus(t, url) == http.StatusOK },
 		10*time.Second, 20*time.Millisecond, "ready again after the outage")
@@ -275,9 +276,9 @@ func TestF06HubSeesGap(t *testing.T) {
 	_, err = c.Join(ctx, "flood")
 	require.NoError(t, err)
 
-	proxy.pause()
+	proxy.Pause()
 	flood(ctx, t, pub, "flood", 3000, 8<<10)
-	proxy.resume()
+	proxy.Resume()
 
 	var got []string
 	var dropped error

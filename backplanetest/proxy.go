@@ -1,4 +1,4 @@
-package redisbackplane_test
+package backplanetest
 
 import (
 	"io"
@@ -9,35 +9,42 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// tcpProxy stands between the backplane and a private Redis, so that a
-// test can make Redis unreachable (cut) or slow to read from (pause)
-// without touching the server.
-type tcpProxy struct {
+// Proxy is a TCP proxy on loopback between the nodes of a test and their
+// broker, so that a test can take the broker away (Cut) and bring it back
+// (Restore) without touching the broker itself, or stop passing what the
+// broker sends (Pause), so that the broker buffers for its clients. Point
+// the nodes' broker client at Addr.
+type Proxy struct {
 	addr, target string
 
 	mu     sync.Mutex
 	ln     net.Listener
 	conns  map[net.Conn]struct{}
-	paused chan struct{} // non-nil while paused; closed on resume
+	paused chan struct{} // non-nil while paused; closed on Resume
 	wg     sync.WaitGroup
 }
 
-func startProxy(t *testing.T, target string) *tcpProxy {
+// NewProxy starts a proxy to target on a free loopback port. It stops
+// when the test ends.
+func NewProxy(t testing.TB, target string) *Proxy {
 	t.Helper()
-	p := &tcpProxy{target: target, conns: make(map[net.Conn]struct{})}
+	p := &Proxy{target: target, conns: make(map[net.Conn]struct{})}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	p.addr = ln.Addr().String()
 	p.serve(ln)
 	t.Cleanup(func() {
-		p.cut()
-		p.resume()
+		p.Cut()
+		p.Resume()
 		p.wg.Wait()
 	})
 	return p
 }
 
-func (p *tcpProxy) serve(ln net.Listener) {
+// Addr is the proxy's address, host:port.
+func (p *Proxy) Addr() string { return p.addr }
+
+func (p *Proxy) serve(ln net.Listener) {
 	p.mu.Lock()
 	p.ln = ln
 	p.mu.Unlock()
@@ -58,7 +65,7 @@ func (p *tcpProxy) serve(ln net.Listener) {
 	}()
 }
 
-func (p *tcpProxy) pipe(client net.Conn) {
+func (p *Proxy) pipe(client net.Conn) {
 	server, err := net.Dial("tcp", p.target)
 	if err != nil {
 		client.Close()
@@ -105,7 +112,7 @@ func (p *tcpProxy) pipe(client net.Conn) {
 }
 
 // gate waits while the proxy is paused.
-func (p *tcpProxy) gate() {
+func (p *Proxy) gate() {
 	p.mu.Lock()
 	paused := p.paused
 	p.mu.Unlock()
@@ -114,8 +121,9 @@ func (p *tcpProxy) gate() {
 	}
 }
 
-// cut closes every connection and refuses new ones until restore.
-func (p *tcpProxy) cut() {
+// Cut closes every connection through the proxy and refuses new ones
+// until Restore: the broker is unreachable.
+func (p *Proxy) Cut() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.ln != nil {
@@ -127,17 +135,16 @@ func (p *tcpProxy) cut() {
 	}
 }
 
-// restore accepts connections again on the same address.
-func (p *tcpProxy) restore(t *testing.T) {
+// Restore accepts connections again, on the same address.
+func (p *Proxy) Restore(t testing.TB) {
 	t.Helper()
 	ln, err := net.Listen("tcp", p.addr)
 	require.NoError(t, err)
 	p.serve(ln)
 }
 
-// pause stops forwarding what Redis sends until resume, so that Redis
-// buffers for the client.
-func (p *tcpProxy) pause() {
+// Pause stops passing what the broker sends until Resume.
+func (p *Proxy) Pause() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.paused == nil {
@@ -145,7 +152,8 @@ func (p *tcpProxy) pause() {
 	}
 }
 
-func (p *tcpProxy) resume() {
+// Resume passes what the broker sends again.
+func (p *Proxy) Resume() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.paused != nil {
