@@ -29,8 +29,11 @@ func (s *sseHandler) streamHijacked(w http.ResponseWriter, r *http.Request, id I
 		return false
 	}
 	// The stream outlives the server's timeouts; writes are bounded by
-	// the hub, heartbeats by their own deadline.
+	// the hub, heartbeats by their own deadline. A client that vanished
+	// without a reset leaves the heartbeats unacknowledged: the kernel
+	// ends the connection soon after.
 	conn.SetDeadline(time.Time{})
+	setUserTimeout(conn, max(2*s.opts.Heartbeat, 20*time.Second))
 
 	head := make([]byte, 0, 512)
 	head = append(head, "HTTP/1.1 200 OK\r\n"...)
