@@ -175,3 +175,44 @@ func setOffline(t testing.TB, tb *tab, offline bool) {
 	}))
 	require.NoError(t, err, "going offline=%v", offline)
 }
+
+// TestRequestTimeout has the server take 3 s to authorize a publish; a
+// client whose requestTimeout is 500 ms gets a 'timeout' error for it
+// instead of waiting, and the connection stays up and works.
+func TestRequestTimeout(t *testing.T) {
+	for _, transport := range []string{"websocket", "sse", "longpoll"} {
+		t.Run(transport, func(t *testing.T) {
+			t.Parallel()
+			srv := startHub(t, serverConfig{opts: realtime.Options{
+				AuthorizePublish: func(ctx context.Context, c *realtime.Conn, channel string, data []byte) error {
+					if channel == "slow" {
+						select {
+						case <-time.After(3 * time.Second):
+						case <-ctx.Done():
+						}
+					}
+					return nil
+				},
+			}})
+			tb := newTab(t, "page", nil)
+			tb.open(srv.URL, "")
+			tb.connect("c", connectOpts(transport, "requestTimeout: 500"), "slow", "fast")
+			tb.waitJoined("c", connectTimeout)
+			start := time.Now()
+			r := eval[publishResult](tb, `e2e.publish('c', 'slow', 1)`)
+			elapsed := time.Since(start)
+			assert.False(t, r.OK)
+			assert.Equal(t, "timeout", r.Code, "%+v", r)
+			assert.Equal(t, "slow", r.Channel)
+			assert.Less(t, elapsed, 2500*time.Millisecond, "the publish gave up at its timeout")
+			// The connection is fine: once the server is done with the slow
+			// command (commands of a connection run in order), the next one
+			// is answered.
+			time.Sleep(3 * time.Second)
+			r = eval[publishResult](tb, `e2e.publish('c', 'fast', 2)`)
+			assert.True(t, r.OK, "%+v", r)
+			assert.Equal(t, "connected", tb.summary("c").State)
+			assert.Empty(t, tb.pageErrors())
+		})
+	}
+}

@@ -48,6 +48,12 @@ export interface ConnectOptions {
    * failed and the next one is tried. Default 5000.
    */
   connectTimeout?: number;
+  /**
+   * ms publish, send and ping wait for their reply before they reject with
+   * a RealtimeError of code 'timeout'; the command may still take effect.
+   * 0 waits as long as the connection lasts. Default 10000.
+   */
+  requestTimeout?: number;
 }
 
 export interface StateEvent {
@@ -108,8 +114,9 @@ export interface ClientEvents {
  * The error requests reject with and 'error' listeners receive.
  * `code` is a protocol error code ('forbidden', 'bad_channel',
  * 'too_many_channels', 'too_large', ...), 'closed' when the connection
- * ended before the reply came, or 'unauthorized' / 'forbidden' when the
- * server refused the connection itself.
+ * ended before the reply came, 'timeout' when no reply came within
+ * requestTimeout, or 'unauthorized' / 'forbidden' when the server refused
+ * the connection itself.
  */
 export class RealtimeError extends Error {
   constructor(code: string, message?: string, channel?: string);

@@ -68,6 +68,10 @@ export class RealtimeError extends Error {
  * @param {number} [options.maxBackoff=15000] ms, the cap of the backoff
  * @param {number} [options.connectTimeout=5000] ms a transport has to
  *   deliver the server's welcome before the next one is tried
+ * @param {number} [options.requestTimeout=10000] ms publish, send and ping
+ *   wait for their reply before they reject with code 'timeout' (the
+ *   command may still take effect); 0 waits as long as the connection
+ *   lasts
  * @returns {Client}
  */
 export function connect(options = {}) {
@@ -281,7 +285,7 @@ class Client {
     this.id = null;
 
     this._opts = {
-      reconnect: true, minBackoff: 500, maxBackoff: 15000, connectTimeout: 5000, ...options,
+      reconnect: true, minBackoff: 500, maxBackoff: 15000, connectTimeout: 5000, requestTimeout: 10000, ...options,
     };
     for (const name of [this._opts.transport, ...(this._opts.transports || [])]) {
       if (name != null && !TRANSPORTS[name]) throw new TypeError(`realtime: unknown transport ${name}`);
@@ -387,7 +391,7 @@ class Client {
    *   message got; rejects with a RealtimeError
    */
   publish(channel, value) {
-    return this._request({ type: 'publish', channel, ...payload(value) })
+    return this._request({ type: 'publish', channel, ...payload(value) }, undefined, true)
       .then((ack) => ({ epoch: ack.epoch, offset: ack.offset }));
   }
 
@@ -397,7 +401,7 @@ class Client {
    * @returns {Promise<void>} resolves on the ack; rejects with a RealtimeError
    */
   send(value) {
-    return this._request({ type: 'send', ...payload(value) }).then(() => {});
+    return this._request({ type: 'send', ...payload(value) }, undefined, true).then(() => {});
   }
 
   /**
@@ -405,7 +409,7 @@ class Client {
    * @returns {Promise<void>} resolves when the pong arrives
    */
   ping() {
-    return this._request({ type: 'ping' }).then(() => {});
+    return this._request({ type: 'ping' }, undefined, true).then(() => {});
   }
 
   /**
@@ -573,7 +577,10 @@ class Client {
   _rejectPending(message) {
     const pending = this._pending;
     this._pending = new Map();
-    for (const p of pending.values()) p.reject(new RealtimeError('closed', message, p.channel));
+    for (const p of pending.values()) {
+      clearTimeout(p.timer);
+      p.reject(new RealtimeError('closed', message, p.channel));
+    }
   }
 
   // _environment reacts to the network and the page's visibility.
@@ -662,8 +669,9 @@ class Client {
   }
 
   // _request sends a command with a fresh id and settles with its reply;
-  // onReply, if given, sees the reply at once.
-  _request(cmd, onReply) {
+  // onReply, if given, sees the reply at once. A timed request rejects
+  // with 'timeout' after requestTimeout ms without a reply.
+  _request(cmd, onReply, timed) {
     return new Promise((resolve, reject) => {
       if (this.state === 'closed') {
         reject(new RealtimeError('closed', 'connection is closed', cmd.channel));
@@ -677,7 +685,10 @@ class Client {
         reject(new RealtimeError('bad_request', e.message, cmd.channel));
         return;
       }
-      this._pending.set(id, { resolve, reject, onReply, channel: cmd.channel });
+      const ms = this._opts.requestTimeout;
+      const timer = timed && ms > 0 ? setTimeout(() => this._settle(id, null,
+        new RealtimeError('timeout', `no reply within ${ms} ms; the command may still take effect`)), ms) : 0;
+      this._pending.set(id, { resolve, reject, onReply, channel: cmd.channel, timer });
       if (this._welcomed) this._transmit({ text, id });
       else this._outbox.push({ text, id });
     });
@@ -698,6 +709,7 @@ class Client {
     const p = this._pending.get(id);
     if (!p) return false;
     this._pending.delete(id);
+    clearTimeout(p.timer);
     if (err) {
       if (err.channel === undefined) err.channel = p.channel;
       p.reject(err);
