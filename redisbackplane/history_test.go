@@ -102,3 +102,30 @@ func TestNewRefusesRing(t *testing.T) {
 	_, err := redisbackplane.New(ring, nil)
 	assert.Error(t, err)
 }
+
+// A recovery longer than one XRANGE page is read in pages, complete and
+// in order.
+func TestHistoryReadsInPages(t *testing.T) {
+	client := redisClient(t)
+	prefix := uniquePrefix(t, client)
+	bp := newNode(t, client, redisbackplane.Options{Prefix: prefix, HistorySize: 5000})
+	t.Cleanup(func() { bp.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	first, err := bp.Publish(ctx, "paged", []byte("0"))
+	require.NoError(t, err)
+	const total = 2500
+	for i := 1; i < total; i++ {
+		_, err := bp.Publish(ctx, "paged", []byte(strconv.Itoa(i)))
+		require.NoError(t, err)
+	}
+	msgs, latest, err := bp.History(ctx, "paged", first)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(total), latest.Offset)
+	require.Len(t, msgs, total-1)
+	for i, m := range msgs {
+		require.Equal(t, strconv.Itoa(i+1), string(m.Data))
+		require.Equal(t, first.Offset+1+uint64(i), m.Position.Offset)
+	}
+}

@@ -396,7 +396,7 @@ func (b *Backplane) History(ctx context.Context, channel string, since realtime.
 		offsetCmd = p.Get(ctx, keys[1])
 		if since != (realtime.Position{}) && b.historySize > 0 {
 			start := strconv.FormatUint(since.Offset+1, 10)
-			rangeCmd = p.XRange(ctx, keys[2], start, "+")
+			rangeCmd = p.XRangeN(ctx, keys[2], start, "+", historyPage)
 		}
 		return nil
 	})
@@ -430,18 +430,37 @@ func (b *Backplane) History(ctx context.Context, channel string, since realtime.
 	case rangeCmd == nil:
 		return nil, latest, unrecoverable(channel, "no history kept")
 	}
-	msgs, err := b.decodeRange(channel, since, offset, rangeCmd)
+	if offset-since.Offset > uint64(b.historySize)+uint64(b.historySize)/4+historyPage {
+		// More than the stream keeps, even trimmed approximately.
+		return nil, latest, unrecoverable(channel, "history trimmed")
+	}
+	msgs, err := b.decodeRange(ctx, channel, since, offset, rangeCmd)
 	return msgs, latest, err
 }
 
+// historyPage is how many stream entries one XRANGE reads.
+const historyPage = 1000
+
 // decodeRange turns the stream entries after since, up to offset, into
-// messages, refusing when some were trimmed.
-func (b *Backplane) decodeRange(channel string, since realtime.Position, offset uint64, cmd *redis.XMessageSliceCmd) ([]realtime.Message, error) {
+// messages, reading further pages after the first as needed, and refuses
+// when some were trimmed.
+func (b *Backplane) decodeRange(ctx context.Context, channel string, since realtime.Position, offset uint64, cmd *redis.XMessageSliceCmd) ([]realtime.Message, error) {
 	entries, err := cmd.Result()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("redisbackplane: history: %w", err)
 	}
 	want := offset - since.Offset
+	for page := entries; uint64(len(entries)) < want && len(page) == historyPage; {
+		last, err := entryOffset(page[len(page)-1].ID)
+		if err != nil {
+			return nil, fmt.Errorf("redisbackplane: history: %w", err)
+		}
+		page, err = b.client.XRangeN(ctx, b.keys(channel)[2], strconv.FormatUint(last+1, 10), "+", historyPage).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return nil, b.wrap(ctx, "history", err)
+		}
+		entries = append(entries, page...)
+	}
 	if uint64(len(entries)) < want {
 		return nil, unrecoverable(channel, "history trimmed")
 	}
