@@ -40,8 +40,11 @@ const (
 // Options configures Dial. The zero value of every field means its
 // default; nil means all defaults.
 type Options struct {
-	// Transport is WebSocket (the default), SSE or LongPoll. The URL given
-	// to Dial is that transport's endpoint.
+	// Transport is WebSocket (the default), SSE or LongPoll, and the URL
+	// given to Dial is that transport's endpoint; or Auto, and the URL is
+	// where the hub is mounted (realtime.NewHandler), whose transports the
+	// client negotiates and falls back through, as the browser client
+	// does.
 	Transport string
 
 	// Header is sent with every request, for example to authenticate.
@@ -127,6 +130,7 @@ type Client struct {
 	mu        sync.Mutex
 	link      link // nil while reconnecting
 	id        string
+	transport string // of link
 	nextID    uint64
 	pending   map[uint64]chan reply
 	positions map[string]realtime.Position // channels joined, last position
@@ -206,28 +210,39 @@ func Dial(ctx context.Context, url string, opts *Options) (*Client, error) {
 		closing:   make(chan struct{}),
 		done:      make(chan struct{}),
 	}
-	l, welcome, err := c.dial(ctx, "")
+	l, welcome, transport, err := c.dial(ctx, "")
 	if err != nil {
 		return nil, fmt.Errorf("realtime client: dial: %w", err)
 	}
-	c.link, c.id = l, welcome.Conn
+	c.link, c.id, c.transport = l, welcome.Conn, transport
 	go c.run(l)
 	return c, nil
 }
 
-// dial opens a link and reads up to the welcome.
-func (c *Client) dial(ctx context.Context, cursor string) (link, wireMessage, error) {
+// dial opens a link, negotiating under Auto, and reads up to the
+// welcome. It returns the link's transport too.
+func (c *Client) dial(ctx context.Context, cursor string) (link, wireMessage, string, error) {
+	if c.opts.Transport == Auto {
+		return c.dialAuto(ctx, cursor)
+	}
+	l, welcome, err := c.dialTransport(ctx, c.opts.Transport, c.url, cursor)
+	return l, welcome, c.opts.Transport, err
+}
+
+// dialTransport opens a link of transport to its endpoint u and reads up
+// to the welcome.
+func (c *Client) dialTransport(ctx context.Context, transport, u, cursor string) (link, wireMessage, error) {
 	var l link
 	var err error
-	switch c.opts.Transport {
+	switch transport {
 	case WebSocket:
-		l, err = dialWebSocket(ctx, c.url, &c.opts)
+		l, err = dialWebSocket(ctx, u, &c.opts)
 	case SSE:
-		l, err = dialSSE(ctx, c.url, &c.opts, cursor)
+		l, err = dialSSE(ctx, u, &c.opts, cursor)
 	case LongPoll:
-		l, err = dialPoll(ctx, c.url, &c.opts, cursor)
+		l, err = dialPoll(ctx, u, &c.opts, cursor)
 	default:
-		err = fmt.Errorf("unknown transport %q", c.opts.Transport)
+		err = fmt.Errorf("unknown transport %q", transport)
 	}
 	if err != nil {
 		return nil, wireMessage{}, err
@@ -238,6 +253,15 @@ func (c *Client) dial(ctx context.Context, cursor string) (link, wireMessage, er
 		return nil, wireMessage{}, err
 	}
 	return l, welcome, nil
+}
+
+// Transport returns the transport of the connection: the one Options
+// named, or, under Auto, the one negotiation found. It may change when
+// the client reconnects.
+func (c *Client) Transport() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.transport
 }
 
 // ID returns the connection's ID on the server. It changes when the
@@ -490,13 +514,17 @@ func (c *Client) reconnect(old link) link {
 		delay = min(2*delay, c.opts.MaxBackoff)
 
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		l, welcome, err := c.dial(ctx, old.cursor())
+		if c.opts.Transport == Auto {
+			ctx, cancel = context.WithTimeout(context.Background(), 3*attemptTimeout)
+		}
+		cursor := old.cursor()
+		l, welcome, transport, err := c.dial(ctx, cursor)
 		cancel()
 		if err != nil {
 			continue
 		}
 		c.mu.Lock()
-		c.link, c.id = l, welcome.Conn
+		c.link, c.id, c.transport = l, welcome.Conn, transport
 		positions := make(map[string]realtime.Position, len(c.positions))
 		for name, p := range c.positions {
 			positions[name] = p
@@ -509,7 +537,10 @@ func (c *Client) reconnect(old link) link {
 		default:
 		}
 		c.emit(Event{Type: "connected"})
-		if !l.resumesByCursor() {
+		// A link that resumes by cursor did so if there was one; without
+		// one (the old link was a WebSocket, or got no event yet), the
+		// client joins again with its positions, as a WebSocket does.
+		if !l.resumesByCursor() || cursor == "" {
 			for name, p := range positions {
 				pos := p
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
