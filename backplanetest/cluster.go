@@ -35,7 +35,9 @@ import (
 // through [realtime.Backplane.Send].
 //
 // It also checks that a request for a session whose node has gone is
-// refused with "unknown_session", so that its client reconnects.
+// refused with "unknown_session", so that its client reconnects: at once
+// where Send reports ErrUnknownNode, after the poll timeout (3 seconds
+// here) where it cannot tell.
 //
 // Run it beside [Run] in a backplane's tests.
 func RunCluster(t *testing.T, factory Factory) {
@@ -69,7 +71,11 @@ func newCluster(t *testing.T, newNode NewNode, n int) *cluster {
 		hub, err := realtime.New(&realtime.Options{Backplane: newNode()})
 		require.NoError(t, err)
 		mux := http.NewServeMux()
-		mux.Handle("/rt/", realtime.NewHandler(hub, nil))
+		// A short poll timeout bounds how long a poll forwarded to a node
+		// that is gone waits, on backplanes that cannot tell at once.
+		mux.Handle("/rt/", realtime.NewHandler(hub, &realtime.HandlerOptions{
+			LongPoll: &realtime.LongPollOptions{PollTimeout: 3 * time.Second},
+		}))
 		srv := httptest.NewServer(mux)
 		t.Cleanup(func() {
 			srv.CloseClientConnections()

@@ -1,12 +1,9 @@
 package redisbackplane_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,7 +19,6 @@ import (
 
 	"github.com/realtimekit/realtime"
 	"github.com/realtimekit/realtime/backplanetest"
-	"github.com/realtimekit/realtime/client"
 	"github.com/realtimekit/realtime/redisbackplane"
 )
 
@@ -142,84 +138,14 @@ func TestClusterSharded(t *testing.T) {
 		}
 	})
 
-	t.Run("TwoHubsAgreeOnOrder", func(t *testing.T) {
-		prefix := newPrefix()
-		twoHubsAgree(t, func() realtime.Backplane {
-			bp, err := redisbackplane.New(cc, &redisbackplane.Options{Prefix: prefix, Sharded: true})
-			require.NoError(t, err)
-			return bp
+	t.Run("Hubs", func(t *testing.T) {
+		backplanetest.RunCluster(t, func(t *testing.T) backplanetest.NewNode {
+			prefix := newPrefix()
+			return func() realtime.Backplane {
+				bp, err := redisbackplane.New(cc, &redisbackplane.Options{Prefix: prefix, Sharded: true})
+				require.NoError(t, err)
+				return bp
+			}
 		})
 	})
-}
-
-// twoHubsAgree runs two hubs on nodes from newNode, with two WebSocket
-// clients each in one channel; publishers on both sides must be seen by
-// every client in one order.
-func twoHubsAgree(t *testing.T, newNode func() realtime.Backplane) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	var hubs []*realtime.Hub
-	var clients []*client.Client
-	for range 2 {
-		hub, err := realtime.New(&realtime.Options{Backplane: newNode()})
-		require.NoError(t, err)
-		mux := http.NewServeMux()
-		mux.Handle("/rt/", realtime.NewHandler(hub, nil))
-		srv := httptest.NewServer(mux)
-		t.Cleanup(func() {
-			assert.NoError(t, hub.Close())
-			srv.Close()
-		})
-		hubs = append(hubs, hub)
-		for range 2 {
-			c, err := client.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http")+"/rt/ws", nil)
-			require.NoError(t, err)
-			t.Cleanup(func() { c.Close() })
-			_, err = c.Join(ctx, "room")
-			require.NoError(t, err)
-			clients = append(clients, c)
-		}
-	}
-	const each = 50
-	var wg sync.WaitGroup
-	for i, h := range hubs {
-		wg.Go(func() {
-			for n := range each {
-				_, err := h.Publish(ctx, "room", fmt.Appendf(nil, "hub%d/%d", i, n))
-				assert.NoError(t, err)
-			}
-		})
-	}
-	for i, c := range clients {
-		wg.Go(func() {
-			for n := range each {
-				_, err := c.Publish(ctx, "room", fmt.Appendf(nil, "client%d/%d", i, n))
-				assert.NoError(t, err)
-			}
-		})
-	}
-	wg.Wait()
-	total := each * (len(hubs) + len(clients))
-	var first [][]byte
-	for i, c := range clients {
-		var got [][]byte
-		next := map[string]int{}
-		for len(got) < total {
-			ev, err := c.Receive(ctx)
-			require.NoError(t, err, "client %d after %d", i, len(got))
-			require.NotEqual(t, "gap", ev.Type)
-			if ev.Type != "message" {
-				continue
-			}
-			who, n, _ := bytes.Cut(ev.Data, []byte("/"))
-			require.Equal(t, fmt.Sprint(next[string(who)]), string(n), "client %d: %s out of order", i, who)
-			next[string(who)]++
-			got = append(got, ev.Data)
-		}
-		if first == nil {
-			first = got
-		} else {
-			require.Equal(t, first, got, "client %d saw another order", i)
-		}
-	}
 }

@@ -1,16 +1,13 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,7 +15,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/realtimekit/realtime"
 	"github.com/realtimekit/realtime/client"
 )
 
@@ -108,87 +104,4 @@ func nextMessage(t *testing.T, c *client.Client) client.Event {
 	require.NoError(t, err)
 	require.Equal(t, "message", ev.Type, "%+v", ev)
 	return ev
-}
-
-// TestHubsOnTwoNodesAgreeOnOrder publishes from clients and hubs on two
-// nodes at once; every client on either node must see the same messages
-// in the same order, with each publisher's messages in its own order.
-func TestHubsOnTwoNodesAgreeOnOrder(t *testing.T) {
-	pool := testPool(t, nil)
-	prefix := uniquePrefix(t, pool)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-
-	var hubs []*realtime.Hub
-	var clients []*client.Client
-	for range 2 {
-		bp := newNode(t, pool, Options{Prefix: prefix})
-		hub, err := realtime.New(&realtime.Options{Backplane: bp})
-		require.NoError(t, err)
-		mux := http.NewServeMux()
-		mux.Handle("/rt/", realtime.NewHandler(hub, nil))
-		srv := httptest.NewServer(mux)
-		t.Cleanup(func() {
-			assert.NoError(t, hub.Close())
-			srv.Close()
-		})
-		hubs = append(hubs, hub)
-		for range 2 {
-			c, err := client.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http")+"/rt/ws", nil)
-			require.NoError(t, err)
-			t.Cleanup(func() { c.Close() })
-			_, err = c.Join(ctx, "room")
-			require.NoError(t, err)
-			clients = append(clients, c)
-		}
-	}
-
-	const each = 50
-	var wg sync.WaitGroup
-	for i, c := range clients {
-		wg.Go(func() {
-			for n := range each {
-				_, err := c.Publish(ctx, "room", fmt.Appendf(nil, "\"client%d/%d\"", i, n))
-				assert.NoError(t, err)
-			}
-		})
-	}
-	for i, h := range hubs {
-		wg.Go(func() {
-			for n := range each {
-				_, err := h.Publish(ctx, "room", fmt.Appendf(nil, "\"hub%d/%d\"", i, n))
-				assert.NoError(t, err)
-			}
-		})
-	}
-	wg.Wait()
-
-	total := each * (len(clients) + len(hubs))
-	var first []client.Event
-	for i, c := range clients {
-		var got []client.Event
-		for len(got) < total {
-			ev, err := c.Receive(ctx)
-			require.NoError(t, err, "client %d after %d of %d", i, len(got), total)
-			require.NotEqual(t, "gap", ev.Type, "client %d", i)
-			if ev.Type == "message" {
-				got = append(got, ev)
-			}
-		}
-		next := map[string]int{}
-		for k, ev := range got {
-			if k > 0 {
-				require.Equal(t, got[k-1].Position.Offset+1, ev.Position.Offset, "client %d: offsets rise by one", i)
-				require.Equal(t, got[k-1].Position.Epoch, ev.Position.Epoch)
-			}
-			who, n, _ := bytes.Cut(bytes.Trim(ev.Data, `"`), []byte("/"))
-			require.Equal(t, fmt.Sprint(next[string(who)]), string(n), "client %d: %s out of order", i, who)
-			next[string(who)]++
-		}
-		if first == nil {
-			first = got
-		} else {
-			require.Equal(t, first, got, "client %d saw another order", i)
-		}
-	}
 }
