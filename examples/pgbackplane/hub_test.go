@@ -44,14 +44,14 @@ func TestChatAcrossNodes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	url1, bp1 := startChat(t, pool, prefix)
-	url2, bp2 := startChat(t, pool, prefix)
+	url2, _ := startChat(t, pool, prefix)
 
 	// The page, the node's name and the client script are served.
 	for path, want := range map[string]string{
 		"/":                     "<html",
 		"/node":                 bp1.Node(),
 		"/realtime/realtime.js": "export function connect",
-		"/ready":                "",
+		"/readyz":               "ready",
 	} {
 		resp, err := http.Get(url1 + path)
 		require.NoError(t, err)
@@ -71,16 +71,13 @@ func TestChatAcrossNodes(t *testing.T) {
 	}
 	ann, bob := ws(url1, "ann"), ws(url2, "bob")
 
-	_, err := ann.Publish(ctx, "room:lobby", postJSON(t, post{Name: "ann", Text: "hi bob", Node: bp1.Node()}))
+	_, err := ann.Publish(ctx, "room:lobby", postJSON(t, post{Name: "ann", Text: "hi bob"}))
 	require.NoError(t, err)
-	_, err = bob.Publish(ctx, "room:lobby", postJSON(t, post{Name: "bob", Text: "hi ann 👋", Node: bp2.Node()}))
+	_, err = bob.Publish(ctx, "room:lobby", postJSON(t, post{Name: "bob", Text: "hi ann 👋"}))
 	require.NoError(t, err)
 	for _, c := range []*client.Client{ann, bob} {
-		var got post
-		require.NoError(t, json.Unmarshal(nextMessage(t, c).Data, &got))
-		assert.Equal(t, post{Name: "ann", Text: "hi bob", Node: bp1.Node()}, got)
-		require.NoError(t, json.Unmarshal(nextMessage(t, c).Data, &got))
-		assert.Equal(t, post{Name: "bob", Text: "hi ann 👋", Node: bp2.Node()}, got)
+		assert.Equal(t, post{Name: "ann", Text: "hi bob"}, nextPost(t, c))
+		assert.Equal(t, post{Name: "bob", Text: "hi ann 👋"}, nextPost(t, c))
 	}
 
 	// Nobody posts under another's name.
@@ -88,6 +85,25 @@ func TestChatAcrossNodes(t *testing.T) {
 	_, err = bob.Publish(ctx, "room:lobby", postJSON(t, post{Name: "ann", Text: "it is me"}))
 	require.ErrorAs(t, err, &se)
 	assert.Equal(t, "forbidden", se.Code)
+}
+
+// post is what the chat page publishes into a room.
+type post struct {
+	Name string `json:"name"`
+	Text string `json:"text"`
+}
+
+// nextPost returns the next post c receives, passing over the notices of
+// who comes and goes.
+func nextPost(t *testing.T, c *client.Client) post {
+	t.Helper()
+	for {
+		var p post
+		require.NoError(t, json.Unmarshal(nextMessage(t, c).Data, &p))
+		if p.Text != "" {
+			return p
+		}
+	}
 }
 
 func postJSON(t *testing.T, p post) []byte {
