@@ -60,8 +60,9 @@ type Conn struct {
 	cancel      context.CancelFunc
 	writeCtx    context.Context
 	writeCancel context.CancelCauseFunc
-	// writeSince is when the write in progress began (UnixNano), or 0:
-	// the hub's sweep ends writes older than Options.WriteTimeout.
+	// writeSince is when the write in progress began (Hub.now), 0 while
+	// none is, and -1 once the hub's sweep has ended it for outlasting
+	// Options.WriteTimeout.
 	writeSince atomic.Int64
 
 	// memberMu serialises this connection's joins and leaves, including

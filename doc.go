@@ -45,7 +45,8 @@
 // The Hub owns channel membership and the node's backplane subscriptions:
 // it subscribes a channel when its first local member joins and
 // unsubscribes after the last one leaves. It runs one goroutine that
-// receives from the backplane.
+// receives from the backplane, and one that ends idle writers and writes
+// that outlast Options.WriteTimeout.
 //
 // A [Conn] owns its outbound queue and its writer, the only code that
 // writes to its transport. When a queue is full, the

@@ -28,6 +28,13 @@ type Hub struct {
 	stop  context.CancelFunc
 	loops sync.WaitGroup
 
+	// stopSweep ends the sweep goroutine, which outlives the receive loop
+	// so that writes stay bounded while Shutdown flushes; swept tracks it.
+	stopSweep context.CancelFunc
+	swept     sync.WaitGroup
+	// clock is the start of the hub's monotonic clock for write times.
+	clock time.Time
+
 	// subLocks serialise Subscribe and Unsubscribe per channel, so that a
 	// channel's backplane subscription follows its local membership
 	// without holding mu during backplane I/O.
@@ -56,13 +63,17 @@ type Hub struct {
 // how often writes are checked against Options.WriteTimeout.
 const idleSweepInterval = time.Second
 
+// now returns the time on the hub's monotonic clock, in nanoseconds
+// since New, never 0.
+func (h *Hub) now() int64 { return int64(time.Since(h.clock)) + 1 }
+
 // idleSweep returns the channel that the next idle sweep closes.
 func (h *Hub) idleSweep() <-chan struct{} { return *h.sweep.Load() }
 
 // sweepIdle runs the idle sweeps until ctx ends, and then leaves a closed
 // channel behind, so that no writer lingers after the hub stops.
 func (h *Hub) sweepIdle(ctx context.Context) {
-	defer h.loops.Done()
+	defer h.swept.Done()
 	t := time.NewTicker(idleSweepInterval)
 	defer t.Stop()
 	for {
@@ -76,7 +87,7 @@ func (h *Hub) sweepIdle(ctx context.Context) {
 		}
 		ch := make(chan struct{})
 		close(*h.sweep.Swap(&ch))
-		h.expireWrites(time.Now())
+		h.expireWrites(h.now())
 	}
 }
 
@@ -99,8 +110,9 @@ type channel struct {
 	last Position
 }
 
-// New returns a running Hub. It starts one goroutine that receives from
-// the backplane; Shutdown and Close end it.
+// New returns a running Hub. It starts two goroutines, one that receives
+// from the backplane and one that sweeps idle writers and late writes
+// once a second; Shutdown and Close end them.
 func New(opts *Options) (*Hub, error) {
 	o, err := opts.withDefaults()
 	if err != nil {
@@ -123,9 +135,12 @@ func New(opts *Options) (*Hub, error) {
 	h.fwd.init()
 	h.sweep.Store(new(chan struct{}))
 	*h.sweep.Load() = make(chan struct{})
-	h.loops.Add(2)
+	sweepCtx, stopSweep := context.WithCancel(context.Background())
+	h.stopSweep, h.clock = stopSweep, time.Now()
+	h.loops.Add(1)
 	go h.receive(ctx)
-	go h.sweepIdle(ctx)
+	h.swept.Add(1)
+	go h.sweepIdle(sweepCtx)
 	h.log.Info("realtime hub started")
 	return h, nil
 }
@@ -278,11 +293,14 @@ func (h *Hub) closeConns(graceful bool) {
 	}
 }
 
-// finish stops the receive loop and closes the backplane, once.
+// finish stops the receive loop and the sweep and closes the backplane,
+// once.
 func (h *Hub) finish() error {
 	h.closeOnce.Do(func() {
 		h.stop()
 		h.loops.Wait()
+		h.stopSweep()
+		h.swept.Wait()
 		h.fwd.stop()
 		if err := h.bp.Close(); err != nil {
 			h.closeErr = fmt.Errorf("realtime: close backplane: %w", err)

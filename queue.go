@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"sync"
-	"time"
 )
 
 // item is one queued message with what the writer needs to know of it.
@@ -176,9 +175,12 @@ func (c *Conn) write() {
 
 		// The hub's sweep cancels writeCtx if this write outlasts the
 		// write timeout: no timer per write.
-		c.writeSince.Store(time.Now().UnixNano())
+		start := c.hub.now()
+		c.writeSince.Store(start)
 		err := c.t.Write(c.writeCtx, Frame{Data: data, cursor: c.cursor})
-		c.writeSince.Store(0)
+		// If the sweep has taken this write for late, writeSince is -1
+		// and writeCtx is ending: the connection closes.
+		c.writeSince.CompareAndSwap(start, 0)
 		if err != nil {
 			ce := CloseError{CloseAbnormal, "write failed: " + err.Error()}
 			if context.Cause(c.writeCtx) == errWriteTimeout {
@@ -267,13 +269,16 @@ func (c *Conn) next() ([]item, bool) {
 // errWriteTimeout ends a write that outlasted Options.WriteTimeout.
 var errWriteTimeout = errors.New("realtime: write timed out")
 
-// expireWrites cancels the writes that began before deadline.
-func (h *Hub) expireWrites(now time.Time) {
-	deadline := now.Add(-h.opts.WriteTimeout).UnixNano()
+// expireWrites cancels the writes that began more than the write timeout
+// before now (on the hub's clock). A write is taken for late by swapping
+// its start for -1, so that one that ends meanwhile, and the next write,
+// are left alone.
+func (h *Hub) expireWrites(now int64) {
+	deadline := now - int64(h.opts.WriteTimeout)
 	var late []*Conn
 	h.mu.RLock()
 	for _, c := range h.conns {
-		if since := c.writeSince.Load(); since != 0 && since < deadline {
+		if since := c.writeSince.Load(); since > 0 && since < deadline && c.writeSince.CompareAndSwap(since, -1) {
 			late = append(late, c)
 		}
 	}

@@ -1,10 +1,12 @@
 package realtime
 
 import (
+	"bytes"
 	"context"
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -35,20 +37,27 @@ func (s *sseHandler) streamHijacked(w http.ResponseWriter, r *http.Request, id I
 	conn.SetDeadline(time.Time{})
 	setUserTimeout(conn, max(2*s.opts.Heartbeat, 20*time.Second))
 
-	head := make([]byte, 0, 512)
-	head = append(head, "HTTP/1.1 200 OK\r\n"...)
+	// The head as net/http would write it: header values have their line
+	// breaks made spaces by Header.Write, and names that are not tokens
+	// are left out, so no value can split the response.
+	hdr := make(http.Header, len(w.Header())+4)
 	for k, vs := range w.Header() {
-		switch k {
-		case "Content-Type", "Cache-Control", "X-Accel-Buffering", "Connection",
-			"Content-Length", "Content-Encoding", "Transfer-Encoding":
-			continue // set below, or meaningless for this body
-		}
-		for _, v := range vs {
-			head = append(append(append(append(head, k...), ": "...), v...), "\r\n"...)
+		if validHeaderName(k) {
+			hdr[k] = vs
 		}
 	}
-	head = append(head, "Content-Type: text/event-stream\r\nCache-Control: no-cache, no-store\r\n"+
-		"X-Accel-Buffering: no\r\nConnection: close\r\n\r\n"...)
+	for _, k := range []string{"Content-Length", "Content-Encoding", "Transfer-Encoding"} {
+		hdr.Del(k) // meaningless for this body
+	}
+	hdr.Set("Content-Type", "text/event-stream")
+	hdr.Set("Cache-Control", "no-cache, no-store")
+	hdr.Set("X-Accel-Buffering", "no")
+	hdr.Set("Connection", "close")
+	var b bytes.Buffer
+	b.WriteString("HTTP/1.1 200 OK\r\n")
+	hdr.Write(&b)
+	b.WriteString("\r\n")
+	head := b.Bytes()
 	head = append(head, "retry: "...)
 	head = strconv.AppendInt(head, s.opts.Retry.Milliseconds(), 10)
 	head = append(head, "\n\n"...)
@@ -98,13 +107,31 @@ type sseConnTransport struct {
 
 func (t *sseConnTransport) Name() string { return "sse" }
 
-// read waits for the client to go: it sends nothing on the stream's
-// connection, so any end of it, or any byte, ends the connection.
+// read waits for the client to go. What the client sends on the stream's
+// connection (nothing, normally) is read and dropped.
 func (t *sseConnTransport) read(c *Conn) {
 	defer close(t.readerDone)
-	var b [1]byte
-	t.conn.Read(b[:])
+	var b [64]byte
+	for {
+		if _, err := t.conn.Read(b[:]); err != nil {
+			break
+		}
+	}
 	c.CloseNow(CloseAbnormal, "client went away")
+}
+
+// validHeaderName reports whether name is an HTTP token.
+func validHeaderName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			return false
+		}
+	}
+	return true
 }
 
 func (t *sseConnTransport) Write(ctx context.Context, f Frame) error {

@@ -89,7 +89,7 @@ func (s *wsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p := s.startPinger(c, ws)
 	go func() {
 		defer close(t.readerDone)
-		s.read(c, ws)
+		s.read(c, t)
 		p.stop()
 	}()
 }
@@ -112,19 +112,22 @@ func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	var r io.Reader = conn
+	br := bufio.NewReaderSize(conn, wsReadBuffer)
 	if n := brw.Reader.Buffered(); n > 0 {
-		// What the client sent after its request, already read.
+		// What the client sent right after its request, already read: it
+		// stays buffered, where the WebSocket library looks for it.
 		b, _ := brw.Reader.Peek(n)
-		r = io.MultiReader(bytes.NewReader(bytes.Clone(b)), conn)
+		br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(b)), conn), max(wsReadBuffer, n))
+		br.Peek(n)
 	}
-	return conn, bufio.NewReadWriter(bufio.NewReaderSize(r, wsReadBuffer), bufio.NewWriterSize(conn, wsWriteBuffer)), nil
+	return conn, bufio.NewReadWriter(br, bufio.NewWriterSize(conn, wsWriteBuffer)), nil
 }
 
 // read passes the client's frames to the hub until the connection ends.
 // It reads under its own context: the connection's ends as soon as
 // closing starts, and cancelling a read would cut the close handshake.
-func (s *wsHandler) read(c *Conn, ws *websocket.Conn) {
+func (s *wsHandler) read(c *Conn, t *wsTransport) {
+	ws := t.ws
 	ctx := context.Background()
 	for {
 		typ, frame, err := ws.Read(ctx)
@@ -141,7 +144,7 @@ func (s *wsHandler) read(c *Conn, ws *websocket.Conn) {
 			c.RejectFrame("frames must be text")
 			continue
 		}
-		if c.Receive(c.Context(), frame) != nil {
+		if !t.receive(c, frame) {
 			return
 		}
 	}
@@ -230,6 +233,27 @@ func (p *pinger) stop() {
 type wsTransport struct {
 	ws         *websocket.Conn
 	readerDone chan struct{} // closed when the reader goroutine ends
+
+	mu        sync.Mutex
+	closed    bool // Close has begun: the reader hands the hub no more frames
+	receiving bool // the reader is in Conn.Receive, perhaps in a hook
+}
+
+// receive passes a frame to the hub unless the transport is closing. It
+// reports false when the reader should stop.
+func (t *wsTransport) receive(c *Conn, frame []byte) bool {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return false
+	}
+	t.receiving = true
+	t.mu.Unlock()
+	err := c.Receive(c.Context(), frame)
+	t.mu.Lock()
+	t.receiving = false
+	t.mu.Unlock()
+	return err == nil
 }
 
 func (t *wsTransport) Name() string { return "websocket" }
@@ -240,8 +264,14 @@ func (t *wsTransport) Write(ctx context.Context, f Frame) error {
 
 // Close ends the connection and waits for its reader, which the closed
 // connection ends, so that the connection is over when the hub reports it
-// done.
+// done. A reader inside Conn.Receive is not waited for: a hook there may
+// itself be waiting for the connection to end; it stops as soon as it
+// returns.
 func (t *wsTransport) Close(code CloseCode, reason string) error {
+	t.mu.Lock()
+	t.closed = true
+	inHook := t.receiving
+	t.mu.Unlock()
 	var err error
 	switch code {
 	case CloseAbnormal, ClosePingTimeout:
@@ -253,7 +283,9 @@ func (t *wsTransport) Close(code CloseCode, reason string) error {
 			t.ws.CloseNow()
 		}
 	}
-	<-t.readerDone
+	if !inHook {
+		<-t.readerDone
+	}
 	return err
 }
 
