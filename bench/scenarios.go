@@ -334,6 +334,8 @@ func runFanout(ctx context.Context, t target, nodes, subs, msgs, size int, cfg *
 		p, _ := s.gc()
 		r.mem.baseKB += p.rssKB
 	}
+	orderLanes = cfg.fanPublishers
+	defer func() { orderLanes = 1 }()
 	clients := make([]*client, 0, subs)
 	for k, s := range servers {
 		n := subs / nodes
