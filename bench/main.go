@@ -160,7 +160,7 @@ func main() {
 	}
 	if want["crossnode"] {
 		ts := []target{tRealtimeRedis}
-		if _, err := newNATSBackplane(serverConfig{nats: cfg.nats}); err == errNoNATS {
+		if err := checkNATS(cfg.nats); err != nil {
 			rep.notes = append(rep.notes, "Cross-node over NATS skipped: "+err.Error()+".")
 		} else {
 			ts = append(ts, tRealtimeNATS)
@@ -174,6 +174,11 @@ func main() {
 			logErr(r.err)
 			rep.crossnode = append(rep.crossnode, r)
 			pause()
+			if t == tRealtimeNATS {
+				if err := removeNATSStream(cfg.nats, cfg.prefix); err != nil {
+					progress("could not remove the NATS stream %s: %v", cfg.prefix, err)
+				}
+			}
 		}
 	}
 	rep.finished = time.Now()
