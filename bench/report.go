@@ -100,17 +100,17 @@ func (rep *report) markdown() string {
 	if len(rep.idle) > 0 {
 		p("### 1. Idle connections\n\n")
 		p("Each connection has joined one of 100 channels (the floor joins nothing). RSS from /proc after 3 s of quiet: as the runtime left it, and after a forced GC that returns free memory to the OS. KB are KiB.\n\n")
-		p("| server | conns | connect time | base RSS MB | KB/conn | KB/conn after GC | Go heap+stacks KB/conn | goroutines | realtime ws ÷ this (after GC) | RSS after clients left MB (as is / after GC) |\n")
-		p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		p("| server | conns | connect time | base RSS MB | KB/conn | KB/conn after GC | Go heap KB/conn | stacks KB/conn | goroutines | realtime ws ÷ this (after GC) | RSS after clients left MB (as is / after GC) |\n")
+		p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		ref := rep.idleRef()
 		for _, r := range rep.idle {
 			if r.err != nil {
-				p("| %s | %d | error: %s | | | | | | | |\n", r.target.label, r.conns, oneLine(r.err))
+				p("| %s | %d | error: %s | | | | | | | | |\n", r.target.label, r.conns, oneLine(r.err))
 				continue
 			}
-			p("| %s | %d | %.1f s | %s | %.1f | %.1f | %.1f | %d | %s | %s / %s |\n",
+			p("| %s | %d | %.1f s | %s | %.1f | %.1f | %.1f | %.1f | %d | %s | %s / %s |\n",
 				r.target.label, r.conns, r.connectTime.Seconds(), mb(r.baseKB), r.perConnRaw(), r.perConn(),
-				r.heapPerConn(), r.stats.Goroutines,
+				r.heapPerConn(), r.stackPerConn(), r.stats.Goroutines,
 				ratio(ref, r.perConn()), mb(r.mem.endKB), mb(r.mem.endGCKB))
 		}
 		p("\n")

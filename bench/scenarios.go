@@ -207,9 +207,15 @@ type idleResult struct {
 
 func (r idleResult) perConn() float64 { return float64(r.gcKB-r.baseKB) / float64(r.conns) }
 
-// heapPerConn is the Go heap and stacks in use per connection.
+// heapPerConn is the Go heap in use per connection.
 func (r idleResult) heapPerConn() float64 {
-	used := int64(r.stats.HeapInuse+r.stats.StackInuse) - int64(r.baseStats.HeapInuse+r.baseStats.StackInuse)
+	used := int64(r.stats.HeapInuse) - int64(r.baseStats.HeapInuse)
+	return float64(used) / 1024 / float64(r.conns)
+}
+
+// stackPerConn is the goroutine stacks in use per connection.
+func (r idleResult) stackPerConn() float64 {
+	used := int64(r.stats.StackInuse) - int64(r.baseStats.StackInuse)
 	return float64(used) / 1024 / float64(r.conns)
 }
 
