@@ -102,7 +102,11 @@ func main() {
 
 	rep := &report{cfg: &cfg, started: time.Now()}
 	ctx := context.Background()
+	latest := filepath.Join(*out, "latest.md")
 	progress := func(format string, args ...any) {
+		// What is measured so far survives a run that stops early.
+		rep.finished = time.Now()
+		os.WriteFile(latest, []byte(rep.markdown()), 0o644)
 		fmt.Fprintf(os.Stderr, "%s  "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
 	}
 	loadTargets := func(withTransports bool) []target {
@@ -185,7 +189,7 @@ func main() {
 
 	md := rep.markdown()
 	fmt.Print(md)
-	if err := os.WriteFile(filepath.Join(*out, "latest.md"), []byte(md), 0o644); err != nil {
+	if err := os.WriteFile(latest, []byte(md), 0o644); err != nil {
 		log.Fatal(err)
 	}
 	if all && *doc != "" {
