@@ -249,7 +249,16 @@ func (t *wsTransport) receive(c *Conn, frame []byte) bool {
 	}
 	t.receiving = true
 	t.mu.Unlock()
-	err := c.Receive(c.Context(), frame)
+	// The command runs on a goroutine of its own, which ends with it: the
+	// hooks and joins it may run need a deep stack, and the reader, which
+	// waits in Read for most of the connection's life, keeps a small one.
+	var err error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		err = c.Receive(c.Context(), frame)
+	}()
+	<-done
 	t.mu.Lock()
 	t.receiving = false
 	t.mu.Unlock()
