@@ -38,7 +38,8 @@ type WebSocketOptions struct {
 // reads it from then on, with small buffers, so that an idle connection
 // keeps neither the request nor net/http's buffers. The connection lives
 // by its own context, not the request's; [Conn.Done] is closed after its
-// reader has ended.
+// reader has ended, unless the reader is inside a hook then (a hook may
+// wait for its own connection to end): it ends when the hook returns.
 func NewWebSocketHandler(h *Hub, opts *WebSocketOptions) http.Handler {
 	var o WebSocketOptions
 	if opts != nil {
