@@ -84,7 +84,7 @@ type Conn struct {
 	// writing is set while a writer goroutine runs; writerIdle, if set,
 	// is closed when it stops. writerStopped forbids new writers once the
 	// connection is finishing. cursor is the writer's resume state, used
-	// by one writer at a time.
+	// by one writer at a time; nil when the transport takes none.
 	wake          chan struct{} // signalled when work arrives for a lingering writer
 	writing       bool
 	writerStopped bool
@@ -119,6 +119,13 @@ type ConnInfo struct {
 	// loses nothing. A malformed cursor gets a "bad_request" error and
 	// joins nothing.
 	Cursor string
+
+	// NoCursor says that the transport never calls [Frame.Cursor], because
+	// its clients resume by joining again with their positions (as
+	// WebSocket clients do). The connection then keeps no resume cursor,
+	// which saves memory and work for every message; Frame.Cursor returns
+	// "".
+	NoCursor bool
 }
 
 // Connect registers a new connection whose frames travel over t. It
@@ -158,9 +165,11 @@ func (h *Hub) Connect(t Transport, info ConnInfo) (*Conn, error) {
 		welcome = welcome.str("session", info.Session)
 	}
 	resume, cursorErr := parseCursor(info.Cursor, h.opts.MaxChannels)
-	c.cursor = maps.Clone(resume) // the writer's own copy
-	if c.cursor == nil {
-		c.cursor = make(map[string]Position)
+	if !info.NoCursor {
+		c.cursor = maps.Clone(resume) // the writer's own copy
+		if c.cursor == nil {
+			c.cursor = make(map[string]Position)
+		}
 	}
 	c.enqueue(welcome.end())
 	if h.log.Enabled(context.Background(), slog.LevelDebug) {

@@ -487,7 +487,7 @@ func hubGoroutines() int {
 	pprof.Lookup("goroutine").WriteTo(&buf, 2)
 	n := 0
 	for _, stack := range strings.Split(buf.String(), "\n\n") {
-		if strings.Contains(stack, "realtime.(*Conn).write(") || strings.Contains(stack, "realtime.(*pinger).ping(") {
+		if strings.Contains(stack, "realtime.(*Conn).write(") || strings.Contains(stack, "realtime.(*pinger).tick(") {
 			continue // they come and go with the traffic
 		}
 		if strings.Contains(stack, "realtime.(*Conn)") || strings.Contains(stack, "realtime.(*wsHandler)") {

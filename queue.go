@@ -159,6 +159,9 @@ func (c *Conn) write() {
 				data = append(data, ',')
 			}
 			data = append(data, it.data...)
+			if c.cursor == nil {
+				continue
+			}
 			switch it.kind {
 			case itemMessage, itemJoined:
 				c.cursor[it.channel] = it.pos

@@ -17,6 +17,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"syscall"
@@ -829,4 +830,48 @@ func TestTransportsSSEThroughGzip(t *testing.T) {
 			}
 		})
 	}
+}
+
+// An idle WebSocket connection that answers pings keeps its reader
+// waiting outside the WebSocket library, with the smallest stack: pongs
+// are taken off the socket without entering the library, which would
+// wait inside for the next message.
+func TestTransportsWebSocketIdleReaderStaysShallow(t *testing.T) {
+	if runtime.GOOS == "windows" || runtime.GOOS == "plan9" || runtime.GOOS == "js" || runtime.GOOS == "wasip1" {
+		t.Skip("the reader waits in the WebSocket library where sockets cannot be peeked")
+	}
+	// Not parallel: it counts the goroutines of every hub in the process.
+	th := newTestHub(t, nil, &realtime.WebSocketOptions{PingInterval: 20 * time.Millisecond, PongTimeout: 5 * time.Second})
+	const n = 10
+	for range n {
+		c := th.dial(t, nil)
+		_, err := c.Join(ctxT(t), "room")
+		require.NoError(t, err)
+	}
+	th.waitConns(t, n)
+	time.Sleep(300 * time.Millisecond) // some fifteen pings each
+
+	readers := func() (waiting, inside int) {
+		var buf strings.Builder
+		pprof.Lookup("goroutine").WriteTo(&buf, 2)
+		for _, stack := range strings.Split(buf.String(), "\n\n") {
+			if !strings.Contains(stack, "realtime.(*wsHandler).read(") {
+				continue
+			}
+			if strings.Contains(stack, "realtime.awaitReadable(") {
+				waiting++
+			} else {
+				inside++
+			}
+		}
+		return waiting, inside
+	}
+	var w, in int
+	require.Eventually(t, func() bool {
+		w, in = readers()
+		return w == n && in == 0
+	}, 5*time.Second, 5*time.Millisecond)
+	assert.Equal(t, n, w, "readers waiting outside the library")
+	assert.Zero(t, in, "readers elsewhere")
+	assert.Len(t, th.Conns(), n, "every client answered its pings")
 }

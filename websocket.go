@@ -4,12 +4,14 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -23,8 +25,9 @@ type WebSocketOptions struct {
 	PingInterval time.Duration
 
 	// PongTimeout is how long the client has to answer a ping before the
-	// connection is dropped as dead (ClosePingTimeout). The default, 0, is
-	// 10 seconds.
+	// connection is dropped as dead (ClosePingTimeout). Any input counts
+	// as an answer: a pong, or a message that arrives first. The default,
+	// 0, is 10 seconds.
 	PongTimeout time.Duration
 }
 
@@ -34,9 +37,11 @@ type WebSocketOptions struct {
 //
 // Each request is admitted with [Hub.Admit] (origin and Authenticate),
 // must offer the subprotocol [Subprotocol], and is then upgraded. The
-// handler returns once the connection is open: one goroutine of its own
-// reads it from then on, with small buffers, so that an idle connection
-// keeps neither the request nor net/http's buffers. The connection lives
+// handler returns once the connection is open. From then on one
+// goroutine at a time reads the connection, a fresh one for each message,
+// with small buffers; pings run on a timer. An idle connection keeps
+// neither the request nor net/http's buffers, and its reader has the
+// smallest stack a goroutine can have. The connection lives
 // by its own context, not the request's; [Conn.Done] is closed after its
 // reader has ended, unless the reader is inside a hook then (a hook may
 // wait for its own connection to end): it ends when the hook returns.
@@ -69,7 +74,8 @@ func (s *wsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.StatusBadRequest)
 		return
 	}
-	ws, err := websocket.Accept(smallBuffers{w}, r, &websocket.AcceptOptions{
+	t := &wsTransport{readerDone: make(chan struct{})}
+	ws, err := websocket.Accept(&smallBuffers{w, t}, r, &websocket.AcceptOptions{
 		Subprotocols: []string{Subprotocol},
 		// Admit has applied the hub's origin policy.
 		InsecureSkipVerify: true,
@@ -79,76 +85,287 @@ func (s *wsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ws.SetReadLimit(int64(s.hub.MaxMessageSize()))
 
-	t := &wsTransport{ws: ws, readerDone: make(chan struct{})}
-	c, err := s.hub.Connect(t, ConnInfo{Identity: id})
+	t.ws = ws
+	// WebSocket clients resume by joining again with their positions.
+	c, err := s.hub.Connect(t, ConnInfo{Identity: id, NoCursor: true})
 	if err != nil {
 		close(t.readerDone)
 		ws.Close(websocket.StatusGoingAway, "server shutting down")
 		return
 	}
 
-	p := s.startPinger(c, ws)
-	go func() {
-		defer close(t.readerDone)
-		s.read(c, t)
-		p.stop()
-	}()
+	t.pinger = s.startPinger(c, t)
+	go s.read(c, t)
 }
 
-// Buffer sizes of an upgraded connection. A frame larger than a buffer
-// passes around it, so they bound what an idle connection holds, not the
-// frame size.
+// Buffer sizes of an upgraded connection. A frame larger than the read
+// buffer is read around it, so the buffers bound what an idle connection
+// holds, not the frame size. The write buffer only has to take a frame
+// header: frameWriter assembles frames (see there).
 const (
-	wsReadBuffer  = 512
-	wsWriteBuffer = 1 << 10
+	wsReadBuffer  = 128
+	wsWriteBuffer = 32
 )
 
-// smallBuffers hands coder/websocket the hijacked connection with buffers
-// of wsReadBuffer and wsWriteBuffer bytes instead of net/http's 4 KiB
-// ones.
-type smallBuffers struct{ http.ResponseWriter }
+// smallBuffers hands coder/websocket the hijacked connection with small
+// buffers instead of net/http's 4 KiB ones: reads count toward the
+// transport's input, and a frameWriter takes the writes. The transport
+// keeps the connection, the read buffer and the frameWriter.
+type smallBuffers struct {
+	http.ResponseWriter
+	t *wsTransport
+}
 
-func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+func (w *smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
 	if err != nil {
 		return nil, nil, err
 	}
-	br := bufio.NewReaderSize(conn, wsReadBuffer)
+	t := w.t
+	t.conn = conn
+	t.in = wsInput{Conn: conn, input: &t.input}
 	if n := brw.Reader.Buffered(); n > 0 {
-		// What the client sent right after its request, already read: it
-		// stays buffered, where the WebSocket library looks for it.
+		// What the client sent right after its request, already read.
 		b, _ := brw.Reader.Peek(n)
-		br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(b)), conn), max(wsReadBuffer, n))
-		br.Peek(n)
+		t.in.early = bytes.Clone(b)
 	}
-	return conn, bufio.NewReadWriter(br, bufio.NewWriterSize(conn, wsWriteBuffer)), nil
+	t.br = bufio.NewReaderSize(&t.in, wsReadBuffer)
+	t.fw = &frameWriter{conn: conn, left: -1}
+	return &t.in, bufio.NewReadWriter(t.br, bufio.NewWriterSize(t.fw, wsWriteBuffer)), nil
 }
 
-// read passes the client's frames to the hub until the connection ends.
+// wsInput is the hijacked connection as the WebSocket library sees it:
+// what the client sent right after its request comes first, and reads
+// that bring the client's bytes are counted, which is how the pinger
+// knows the client is alive.
+type wsInput struct {
+	net.Conn
+	early []byte
+	input *atomic.Uint64
+}
+
+func (c *wsInput) Read(p []byte) (int, error) {
+	if len(c.early) > 0 {
+		n := copy(p, c.early)
+		c.early = c.early[n:]
+		if len(c.early) == 0 {
+			c.early = nil
+		}
+		c.input.Add(1)
+		return n, nil
+	}
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.input.Add(1)
+	}
+	return n, err
+}
+
+// frameWriter is what coder/websocket's write buffer flushes to. That
+// buffer is too small for most frames, so a frame arrives in pieces: its
+// header, perhaps with the first bytes of the payload, then the rest of
+// the payload straight from the caller's slice. frameWriter follows the
+// frame headers (RFC 6455, section 5.2), keeps the small pieces and writes
+// each frame with one system call (writev for two parts), so an idle
+// connection holds no write buffer and a large frame is not split into
+// two writes.
+//
+// It also sends the pinger's pings, between frames: at once, or when the
+// frame part of which has gone out ends.
+type frameWriter struct {
+	conn net.Conn
+
+	mu      sync.Mutex
+	held    [64]byte // the current frame's header and small pieces
+	n       int      // bytes in held
+	left    int64    // payload bytes of the current frame still to come; -1 while its header is incomplete
+	opcode  byte     // of the current frame, once its header is whole
+	partial bool     // part of the current frame has gone out
+	pingDue bool     // a ping waits for the current frame to end
+	closed  bool     // a close frame has gone out: no more pings
+	vec     [2][]byte
+	bufs    net.Buffers
+}
+
+// pingFrame is a ping without payload: the client's pong is not
+// matched, any input counts as a sign of life.
+var pingFrame = []byte{0x89, 0}
+
+// ping sends a ping, or has it sent when the frame in progress ends.
+func (w *frameWriter) ping() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch {
+	case w.closed:
+		return nil
+	case w.partial:
+		w.pingDue = true
+		return nil
+	}
+	_, err := w.conn.Write(pingFrame)
+	return err
+}
+
+func (w *frameWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	size := len(p)
+	for {
+		if w.left < 0 {
+			p = w.header(p)
+			if w.left < 0 {
+				return size, nil // p ended inside the header
+			}
+			if w.left == 0 {
+				// A frame without payload is whole.
+				if err := w.send(nil); err != nil {
+					return 0, err
+				}
+				continue
+			}
+		}
+		if len(p) == 0 {
+			return size, nil
+		}
+		k := int(min(w.left, int64(len(p))))
+		piece := p[:k]
+		p = p[k:]
+		w.left -= int64(k)
+		switch {
+		case w.left == 0:
+			if err := w.send(piece); err != nil {
+				return 0, err
+			}
+		case k <= len(w.held)-w.n:
+			w.n += copy(w.held[w.n:], piece)
+		default:
+			// A large piece of a frame that goes on: out with it now.
+			if err := w.send(piece); err != nil {
+				return 0, err
+			}
+		}
+	}
+}
+
+// header gathers the current frame's header from p, returning the rest
+// of p. Once the header is whole, w.left is its payload length.
+func (w *frameWriter) header(p []byte) []byte {
+	for {
+		want := 2
+		if w.n >= 2 {
+			want = frameHeaderLen(w.held[1])
+		}
+		if w.n == want {
+			w.opcode = w.held[0] & 0x0f
+			w.left = framePayloadLen(w.held[:w.n])
+			return p
+		}
+		if len(p) == 0 {
+			return p
+		}
+		k := copy(w.held[w.n:want], p)
+		w.n += k
+		p = p[k:]
+	}
+}
+
+// send writes what is held followed by piece, in one call.
+func (w *frameWriter) send(piece []byte) error {
+	var err error
+	switch {
+	case len(piece) <= len(w.held)-w.n:
+		w.n += copy(w.held[w.n:], piece)
+		_, err = w.conn.Write(w.held[:w.n])
+	case w.n == 0:
+		_, err = w.conn.Write(piece)
+	default:
+		if _, ok := w.conn.(*net.TCPConn); ok {
+			w.vec = [2][]byte{w.held[:w.n], piece}
+			w.bufs = w.vec[:]
+			_, err = w.bufs.WriteTo(w.conn) // writev
+			w.vec = [2][]byte{}             // keep no reference to the caller's slice
+			break
+		}
+		// Over TLS, say: one buffer makes one record.
+		b := framePool.Get().(*[]byte)
+		*b = append(append((*b)[:0], w.held[:w.n]...), piece...)
+		_, err = w.conn.Write(*b)
+		if cap(*b) <= 4*maxFrame {
+			framePool.Put(b)
+		}
+	}
+	w.n = 0
+	w.partial = w.left > 0
+	if w.left == 0 {
+		w.left = -1
+		if w.opcode == 0x8 {
+			w.closed = true
+		}
+		if w.pingDue && err == nil && !w.closed {
+			w.pingDue = false
+			_, err = w.conn.Write(pingFrame)
+		}
+	}
+	return err
+}
+
+// frameHeaderLen is the length of a frame header whose second byte is b.
+func frameHeaderLen(b byte) int {
+	n := 2
+	switch b & 0x7f {
+	case 126:
+		n += 2
+	case 127:
+		n += 8
+	}
+	if b&0x80 != 0 {
+		n += 4 // masking key
+	}
+	return n
+}
+
+// framePayloadLen is the payload length a whole frame header states.
+func framePayloadLen(h []byte) int64 {
+	switch n := h[1] & 0x7f; n {
+	case 126:
+		return int64(binary.BigEndian.Uint16(h[2:]))
+	case 127:
+		return int64(binary.BigEndian.Uint64(h[2:]) &^ (1 << 63))
+	default:
+		return int64(n)
+	}
+}
+
+// read waits for the client's next message and passes it to the hub;
+// then a new goroutine takes over the reading, until the connection
+// ends. A goroutine's stack never shrinks back to the smallest size once
+// it has grown, and reading and handling a message grow it: so each wait
+// for input starts on a fresh goroutine, and an idle connection's reader
+// holds the smallest stack there is. There is one reader at a time.
+//
 // It reads under its own context: the connection's ends as soon as
 // closing starts, and cancelling a read would cut the close handshake.
 func (s *wsHandler) read(c *Conn, t *wsTransport) {
-	ws := t.ws
-	ctx := context.Background()
-	for {
-		typ, frame, err := ws.Read(ctx)
-		if err != nil {
-			code, reason := readCloseError(err)
-			if code == CloseAbnormal {
-				c.CloseNow(code, reason)
-			} else {
-				c.Close(code, reason)
-			}
-			return
+	t.awaitInput()
+	typ, frame, err := t.ws.Read(context.Background())
+	switch {
+	case err != nil:
+		code, reason := readCloseError(err)
+		if code == CloseAbnormal {
+			c.CloseNow(code, reason)
+		} else {
+			c.Close(code, reason)
 		}
-		if typ != websocket.MessageText {
-			c.RejectFrame("frames must be text")
-			continue
-		}
-		if !t.receive(c, frame) {
-			return
-		}
+	case typ != websocket.MessageText:
+		c.RejectFrame("frames must be text")
+		go s.read(c, t)
+		return
+	case t.receive(c, frame):
+		go s.read(c, t)
+		return
 	}
+	t.pinger.stop()
+	close(t.readerDone)
 }
 
 // readCloseError turns the error that ended a read into why the
@@ -166,64 +383,71 @@ func readCloseError(err error) (CloseCode, string) {
 }
 
 // pinger checks that the peer of one connection is alive. It holds a
-// timer, not a goroutine: each ping runs on the timer's own goroutine,
-// which ends with the ping.
+// timer, not a goroutine. Every PingInterval it sends a ping; if no input
+// at all has arrived from the client PongTimeout later (a pong or
+// anything else), the connection is dropped.
 type pinger struct {
-	s  *wsHandler
-	c  *Conn
-	ws *websocket.Conn
+	s *wsHandler
+	c *Conn
+	t *wsTransport
 
-	mu       sync.Mutex
-	timer    *time.Timer
-	stopped  bool
-	inFlight chan struct{} // closed when the ping in progress ends
+	mu      sync.Mutex
+	timer   *time.Timer
+	stopped bool
+	waiting bool          // a ping is out; the timer checks for input
+	input   uint64        // the transport's input count when it went out
+	sending chan struct{} // closed when the ping being written is out
 }
 
-func (s *wsHandler) startPinger(c *Conn, ws *websocket.Conn) *pinger {
-	p := &pinger{s: s, c: c, ws: ws}
+func (s *wsHandler) startPinger(c *Conn, t *wsTransport) *pinger {
+	p := &pinger{s: s, c: c, t: t}
 	p.mu.Lock()
-	p.timer = time.AfterFunc(s.opts.PingInterval, p.ping)
+	p.timer = time.AfterFunc(s.opts.PingInterval, p.tick)
 	p.mu.Unlock()
 	return p
 }
 
-// ping sends one ping and waits for its pong, closing the connection if
-// none comes within the timeout, and schedules the next.
-func (p *pinger) ping() {
+// tick runs on the timer's goroutine: it sends a ping, or checks the
+// answer to the last one.
+func (p *pinger) tick() {
 	p.mu.Lock()
 	if p.stopped {
 		p.mu.Unlock()
 		return
 	}
-	done := make(chan struct{})
-	p.inFlight = done
-	p.mu.Unlock()
-	defer close(done)
-
-	ctx := p.c.Context()
-	pctx, cancel := context.WithTimeout(ctx, p.s.opts.PongTimeout)
-	err := p.ws.Ping(pctx)
-	cancel()
-	if err != nil {
-		if ctx.Err() == nil {
+	if p.waiting {
+		p.waiting = false
+		alive := p.t.input.Load() != p.input
+		if alive {
+			p.timer.Reset(p.s.opts.PingInterval)
+		}
+		p.mu.Unlock()
+		if !alive {
 			p.c.CloseNow(ClosePingTimeout, "no pong within the timeout")
 		}
 		return
 	}
-	p.mu.Lock()
-	if !p.stopped {
-		p.timer.Reset(p.s.opts.PingInterval)
-	}
+	p.waiting = true
+	p.input = p.t.input.Load()
+	// Armed before the write: a write stuck on a vanished peer ends when
+	// the check drops the connection.
+	p.timer.Reset(p.s.opts.PongTimeout)
+	done := make(chan struct{})
+	p.sending = done
 	p.mu.Unlock()
+	defer close(done)
+	if err := p.t.fw.ping(); err != nil {
+		p.c.CloseNow(CloseAbnormal, "ping failed: "+err.Error())
+	}
 }
 
-// stop cancels the next ping and waits for one in progress, which ends
+// stop cancels the pings and waits for one being written, which ends
 // once the connection has closed.
 func (p *pinger) stop() {
 	p.mu.Lock()
 	p.stopped = true
 	p.timer.Stop()
-	done := p.inFlight
+	done := p.sending
 	p.mu.Unlock()
 	if done != nil {
 		<-done
@@ -233,11 +457,69 @@ func (p *pinger) stop() {
 // wsTransport is the Transport of one WebSocket connection.
 type wsTransport struct {
 	ws         *websocket.Conn
-	readerDone chan struct{} // closed when the reader goroutine ends
+	conn       net.Conn      // the hijacked connection under ws
+	in         wsInput       // what ws reads from
+	br         *bufio.Reader // ws's read buffer
+	fw         *frameWriter  // under ws's write buffer
+	pinger     *pinger
+	input      atomic.Uint64 // reads that brought the client's bytes
+	readerDone chan struct{} // closed when the last reader goroutine ends
 
 	mu        sync.Mutex
 	closed    bool // Close has begun: the reader hands the hub no more frames
 	receiving bool // the reader is in Conn.Receive, perhaps in a hook
+}
+
+// awaitInput returns once the client has sent something, or the
+// connection has ended. It waits in a shallow frame, outside the
+// WebSocket library: a goroutine's stack shrinks to what it uses while
+// parked, so an idle connection's reader keeps the smallest stack. (Where
+// the wait is not supported it returns at once, and the reader waits in
+// ws.Read.) The read buffer is looked at only while Close has not begun:
+// from then on, Close reads it.
+//
+// Pongs that arrive while it waits are taken off the socket here, so that
+// the WebSocket library, which would wait for the next message after
+// one, is not entered for them.
+func (t *wsTransport) awaitInput() {
+	for {
+		t.mu.Lock()
+		skip := t.closed || t.br.Buffered() > 0 || len(t.in.early) > 0
+		t.mu.Unlock()
+		if skip {
+			return
+		}
+		awaitReadable(t.conn)
+		if !t.takePong() {
+			return
+		}
+	}
+}
+
+// takePong reads a whole pong frame off the head of the socket, if one is
+// there, and reports whether it did. The read cannot block: the frame is
+// all there. It runs only between messages, while Close has not begun:
+// Close reads the socket itself.
+func (t *wsTransport) takePong() bool {
+	var b [6 + 125]byte // a masked control frame at most
+	n := peekSocket(t.conn, b[:])
+	if n < 6 || b[0] != 0x8a || b[1]&0x80 == 0 || b[1]&0x7f > 125 {
+		return false
+	}
+	size := 6 + int(b[1]&0x7f)
+	if n < size {
+		return false
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return false
+	}
+	if _, err := io.ReadFull(t.conn, b[:size]); err != nil {
+		return false // the reader's next read sees the error
+	}
+	t.input.Add(1)
+	return true
 }
 
 // receive passes a frame to the hub unless the transport is closing. It
@@ -250,16 +532,7 @@ func (t *wsTransport) receive(c *Conn, frame []byte) bool {
 	}
 	t.receiving = true
 	t.mu.Unlock()
-	// The command runs on a goroutine of its own, which ends with it: the
-	// hooks and joins it may run need a deep stack, and the reader, which
-	// waits in Read for most of the connection's life, keeps a small one.
-	var err error
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		err = c.Receive(c.Context(), frame)
-	}()
-	<-done
+	err := c.Receive(c.Context(), frame)
 	t.mu.Lock()
 	t.receiving = false
 	t.mu.Unlock()
