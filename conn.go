@@ -281,6 +281,20 @@ func (c *Conn) CloseNow(code CloseCode, reason string) error {
 	return nil
 }
 
+// writeAborter is a transport that does not watch the context of a write
+// itself: cancelWrites aborts its write in progress instead.
+type writeAborter interface {
+	abortWrite()
+}
+
+// cancelWrites ends writeCtx, with cause, and the write in progress.
+func (c *Conn) cancelWrites(cause error) {
+	c.writeCancel(cause)
+	if a, ok := c.t.(writeAborter); ok {
+		a.abortWrite()
+	}
+}
+
 // close starts closing the connection. A graceful close flushes the queue
 // first; a second, immediate close cuts a graceful one short. It never
 // blocks, so it may be called with channel locks held.
@@ -290,7 +304,7 @@ func (c *Conn) close(reason CloseError, graceful bool) {
 	if c.closing {
 		if c.graceful && !graceful {
 			c.graceful = false
-			c.writeCancel(nil)
+			c.cancelWrites(nil)
 			c.signal()
 		}
 		return
@@ -330,7 +344,7 @@ func (c *Conn) finish() {
 	c.writerStopped = true
 	c.mu.Unlock()
 	c.closeTransport(reason)
-	c.writeCancel(nil)
+	c.cancelWrites(nil)
 
 	level := slog.LevelDebug
 	if reason.Code == CloseSlowConsumer {

@@ -287,6 +287,6 @@ func (h *Hub) expireWrites(now int64) {
 	}
 	h.mu.RUnlock()
 	for _, c := range late {
-		c.writeCancel(errWriteTimeout)
+		c.cancelWrites(errWriteTimeout)
 	}
 }

@@ -463,6 +463,7 @@ type wsTransport struct {
 	fw         *frameWriter  // under ws's write buffer
 	pinger     *pinger
 	input      atomic.Uint64 // reads that brought the client's bytes
+	writing    atomic.Bool   // a Write is in progress
 	readerDone chan struct{} // closed when the last reader goroutine ends
 
 	mu        sync.Mutex
@@ -541,8 +542,25 @@ func (t *wsTransport) receive(c *Conn, frame []byte) bool {
 
 func (t *wsTransport) Name() string { return "websocket" }
 
+// Write writes f as one text message. The WebSocket library is not given
+// ctx, which would cost it a context registration per write: the hub
+// aborts a write in progress with abortWrite when ctx ends.
 func (t *wsTransport) Write(ctx context.Context, f Frame) error {
-	return t.ws.Write(ctx, websocket.MessageText, f.Data)
+	t.writing.Store(true)
+	defer t.writing.Store(false)
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return t.ws.Write(context.Background(), websocket.MessageText, f.Data)
+}
+
+// abortWrite ends a write in progress by closing the connection under
+// it; the hub calls it after ending the context of writes. A write that
+// starts later sees that context ended.
+func (t *wsTransport) abortWrite() {
+	if t.writing.Load() {
+		t.conn.Close()
+	}
 }
 
 // Close ends the connection and waits for its reader, which the closed

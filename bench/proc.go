@@ -21,6 +21,7 @@ const clockTicks = 100
 type procSample struct {
 	rssKB int64
 	cpu   float64 // seconds, user and system
+	sys   float64 // seconds of it in the kernel
 }
 
 func readProc(pid int) (procSample, error) {
@@ -48,6 +49,7 @@ func readProc(pid int) (procSample, error) {
 		ut, _ := strconv.ParseInt(f[11], 10, 64)
 		st, _ := strconv.ParseInt(f[12], 10, 64)
 		s.cpu = float64(ut+st) / clockTicks
+		s.sys = float64(st) / clockTicks
 	}
 	return s, nil
 }

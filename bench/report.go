@@ -125,24 +125,24 @@ func (rep *report) markdown() string {
 		p("### 3. Latency (6: with SSE and long-poll)\n\n")
 		p("%d subscribers of one channel; %d-byte messages at each rate for %s. Latency is from just before the publish request to the frame's arrival at the subscriber.\n\n",
 			rep.cfg.latSubs, rep.cfg.latSize, rep.cfg.latDur)
-		p("| server | msg/s | delivered / expected | lost | dup | p50 ms | p99 ms | p99.9 ms | max ms | realtime ws p99 ÷ this | server CPU s | CPU µs/delivery | load CPU s | RSS peak MB | RSS end MB (as is / after GC) |\n")
-		p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		p("| server | msg/s | delivered / expected | lost | dup | p50 ms | p99 ms | p99.9 ms | max ms | realtime ws p99 ÷ this | server CPU s | of it in the kernel | CPU µs/delivery | load CPU s | RSS peak MB | RSS end MB (as is / after GC) |\n")
+		p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, r := range rep.latency {
 			if r.err != nil && len(r.phases) == 0 {
-				p("| %s | | error: %s | | | | | | | | | | | | |\n", r.target.label, oneLine(r.err))
+				p("| %s | | error: %s | | | | | | | | | | | | | |\n", r.target.label, oneLine(r.err))
 				continue
 			}
 			for i, ph := range r.phases {
 				refP99 := rep.latRef(i)
-				p("| %s | %d | %d / %d | %d | %d | %s | %s | %s | %s | %s | %.2f | %.2f | %.2f | %s | %s / %s |\n",
+				p("| %s | %d | %d / %d | %d | %d | %s | %s | %s | %s | %s | %.2f | %.0f%% | %.2f | %.2f | %s | %s / %s |\n",
 					r.target.label, ph.rate, ph.got.recv, ph.expected, ph.lost(), ph.got.dup,
 					ms(ph.pct(0.5)), ms(ph.pct(0.99)), ms(ph.pct(0.999)), ms(ph.pct(1)),
 					ratio(float64(refP99), float64(ph.pct(0.99))),
-					ph.serverCPU, ph.serverCPU/float64(max(1, ph.got.recv))*1e6, ph.loadCPU,
+					ph.serverCPU, 100*ph.serverSys/max(ph.serverCPU, 1e-9), ph.serverCPU/float64(max(1, ph.got.recv))*1e6, ph.loadCPU,
 					mb(r.mem.peakKB), mb(r.mem.endKB), mb(r.mem.endGCKB))
 			}
 			if r.err != nil {
-				p("| %s | | error: %s | | | | | | | | | | | | |\n", r.target.label, oneLine(r.err))
+				p("| %s | | error: %s | | | | | | | | | | | | | |\n", r.target.label, oneLine(r.err))
 			}
 		}
 		p("\n")

@@ -440,6 +440,7 @@ type latPhase struct {
 	got       tally // deliveries during this phase
 	lat       []uint32
 	serverCPU float64
+	serverSys float64 // of serverCPU, in the kernel
 	loadCPU   float64
 	behind    int // publishes that started more than an interval late
 }
@@ -491,7 +492,7 @@ func runLatency(ctx context.Context, t target, cfg *config) latResult {
 			c.startRecording()
 		}
 		before := count(clients)
-		cpu0, load0 := s.sample().cpu, selfCPU()
+		s0, load0 := s.sample(), selfCPU()
 		n := int64(rate) * int64(cfg.latDur/time.Second)
 		interval := time.Second / time.Duration(rate)
 		start := time.Now()
@@ -511,7 +512,8 @@ func runLatency(ctx context.Context, t target, cfg *config) latResult {
 		}
 		ph.expected = ph.published * int64(len(clients))
 		after := awaitDeliveries(clients, before.recv+ph.expected, 5*time.Second, 60*time.Second)
-		ph.serverCPU, ph.loadCPU = s.sample().cpu-cpu0, selfCPU()-load0
+		s1 := s.sample()
+		ph.serverCPU, ph.serverSys, ph.loadCPU = s1.cpu-s0.cpu, s1.sys-s0.sys, selfCPU()-load0
 		ph.got = tally{recv: after.recv - before.recv, dup: after.dup - before.dup,
 			reordered: after.reordered - before.reordered, closed: after.closed - before.closed}
 		for _, c := range clients {
@@ -582,6 +584,15 @@ func runChannels(ctx context.Context, t target, cfg *config) chanResult {
 	for _, c := range clients {
 		c.startRecording()
 	}
+	var profDone chan struct{}
+	if cfg.profileDir != "" && t == tRealtimeWS {
+		profDone = make(chan struct{})
+		go func() {
+			defer close(profDone)
+			secs := max(1, int(cfg.chDur/time.Second)-1)
+			saveProfile(s, "/debug/pprof/profile?seconds="+itoa(secs), filepath.Join(cfg.profileDir, "channels-ws-cpu.pb.gz"))
+		}()
+	}
 	cpu0, load0 := s.sample().cpu, selfCPU()
 	seqs := make([]int64, cfg.chChannels)
 	n := int64(cfg.chRate) * int64(cfg.chDur/time.Second)
@@ -621,6 +632,9 @@ func runChannels(ctx context.Context, t target, cfg *config) chanResult {
 	wg.Wait()
 	ph.got = awaitDeliveries(clients, ph.expected, 5*time.Second, 60*time.Second)
 	ph.serverCPU, ph.loadCPU = s.sample().cpu-cpu0, selfCPU()-load0
+	if profDone != nil {
+		<-profDone
+	}
 	for _, c := range clients {
 		ph.lat = append(ph.lat, c.takeLatencies()...)
 	}
