@@ -14,6 +14,7 @@ import (
 	"runtime/pprof"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -55,9 +56,10 @@ type config struct {
 
 	redis, nats, prefix string
 	profileDir          string
-	profiled            bool     // the fan-out CPU profile was taken
-	transports          []target // which of this project's transports the load scenarios cover
-	peers               bool     // whether they cover the peers
+	profiled            bool            // the fan-out CPU profile was taken
+	profiledCross       map[target]bool // the cross-node CPU profiles of a target were taken
+	transports          []target        // which of this project's transports the load scenarios cover
+	peers               bool            // whether they cover the peers
 }
 
 // pubClient publishes over one keep-alive connection to a server's
@@ -366,6 +368,28 @@ func runFanout(ctx context.Context, t target, nodes, subs, msgs, size int, cfg *
 		go func() {
 			defer close(profDone)
 			saveProfile(servers[0], "/debug/pprof/profile?seconds=8", filepath.Join(cfg.profileDir, "fanout-ws-cpu.pb.gz"))
+		}()
+		time.Sleep(200 * time.Millisecond)
+	}
+	if cfg.profileDir != "" && nodes > 1 && strings.HasPrefix(t.server, "realtime") && !cfg.profiledCross[t] {
+		// Both nodes of the first run: the first publishes, both deliver.
+		if cfg.profiledCross == nil {
+			cfg.profiledCross = map[target]bool{}
+		}
+		cfg.profiledCross[t] = true
+		profDone = make(chan struct{})
+		var pw sync.WaitGroup
+		for k, s := range servers {
+			pw.Add(1)
+			go func() {
+				defer pw.Done()
+				file := fmt.Sprintf("crossnode-%s-node%d-cpu.pb.gz", t.server, k+1)
+				saveProfile(s, "/debug/pprof/profile?seconds=3", filepath.Join(cfg.profileDir, file))
+			}()
+		}
+		go func() {
+			pw.Wait()
+			close(profDone)
 		}()
 		time.Sleep(200 * time.Millisecond)
 	}

@@ -3,16 +3,37 @@
 //
 // Each node makes its own Backplane with [New] on a NATS connection and
 // gives it to [realtime.New] in Options.Backplane. Positions and history
-// live in one JetStream stream: a message is stored with its channel's
-// epoch and offset in headers, and the stream accepts it only if the
-// channel's last stored message is still the one the publisher numbered
-// from, so that offsets rise by exactly one. The stream republishes every
-// stored message on a plain NATS subject that the nodes following its
-// channel subscribe to; a refused publish reaches nobody. Messages that
-// publishers on different connections store at the same moment may be
-// republished in either order, so each node queues a channel's messages
-// by offset, holding one for up to half a second while one before it is
-// missing. It needs nats-server 2.9 or later.
+// live in one JetStream stream: a stored message carries one or more
+// consecutive messages of a channel, with the channel's epoch and the
+// offset of its last message in headers, and the stream accepts it only
+// if the channel's last stored message is still the one the publisher
+// numbered from, so that offsets rise by exactly one. The stream
+// republishes every stored message on a plain NATS subject that the
+// nodes following its channel subscribe to; a refused publish reaches
+// nobody. Messages that publishers on different connections store at the
+// same moment may be republished in either order, so each node queues a
+// channel's messages by offset, holding one for up to half a second
+// while one before it is missing. It needs nats-server 2.9 or later.
+//
+// # Publishing
+//
+// A node has one store of a channel's messages in flight at a time,
+// made by a goroutine that runs while the channel has publishes waiting:
+// the publishes that arrive while one store is on its way go together
+// in the next stored message (up to 256 messages and 64 KiB, or one
+// larger message), so a busy channel costs one round trip to NATS per
+// batch rather than per message, and a node never races itself for a
+// channel's offsets. Only publishers on different nodes can find the
+// channel moved on; the loser numbers its batch again after the
+// winner's messages. When a batch is done and fewer publishes wait than
+// it had, but some do, the goroutine waits a little for the others (a
+// quarter of the batch's round trip, at most 2 ms), so that the batches
+// of a busy channel stay full.
+//
+// A stored message of one message holds its data as it is; one of
+// several holds each message's data after its length as an unsigned
+// varint, and a "Realtime-Count" header says how many there are. Every
+// node sharing a prefix must be of a version that reads this.
 //
 // # Subjects
 //
@@ -22,16 +43,19 @@
 // two hex digits, so "a.b" becomes "a%2Eb" (and the empty name "%").
 // Node N receives direct messages, by request and reply, on "P.node.N".
 // The stream, named after the prefix unless Options.Stream says
-// otherwise, captures "P.in.>" and keeps HistorySize messages per channel
-// for HistoryTTL.
+// otherwise, captures "P.in.>" and keeps HistorySize stored messages per
+// channel for HistoryTTL.
 //
 // # History
 //
-// A channel's history is its messages in the stream. When the last of
-// them expires, the channel's numbering goes too, and its next message
-// starts a new epoch at offset 1. History reads the channel's latest
-// message, then the ones a client missed: a few by their stream sequence,
-// many through a short-lived consumer filtered on the channel.
+// A channel's history is its messages in the stream. The stream keeps
+// each channel's last HistorySize stored messages, which hold at least
+// that many messages. When the last of them expires, the channel's
+// numbering goes too, and its next message starts a new epoch at offset
+// 1. History reads the channel's latest stored message, then the ones
+// that hold the messages a client missed: for a few, each by the stream
+// sequence that the one after it names; for many, through a short-lived
+// consumer filtered on the channel.
 //
 // # Losing NATS
 //
@@ -90,10 +114,11 @@ type Options struct {
 	MemoryStorage bool
 
 	// HistorySize is how many recent messages each channel keeps for
-	// recovery. The default, 0, is 1000; a negative value keeps none (the
-	// stream still keeps each channel's last message, for its numbering),
-	// and History then refuses every recovery with
-	// realtime.ErrUnrecoverable.
+	// recovery: the stream keeps this many stored messages, which may
+	// hold more messages, but History recovers no further back. The
+	// default, 0, is 1000; a negative value keeps none (the stream still
+	// keeps each channel's last stored message, for its numbering), and
+	// History then refuses every recovery with realtime.ErrUnrecoverable.
 	HistorySize int
 
 	// HistoryTTL is how long a message stays in history. A channel whose
@@ -102,7 +127,9 @@ type Options struct {
 	HistoryTTL time.Duration
 
 	// Timeout bounds each request to NATS when the caller's context
-	// allows longer. The default, 0, is 5 seconds.
+	// allows longer. A batch of publishes gets Timeout whatever its
+	// callers' contexts; a caller whose context ends first returns then,
+	// and its message may still be stored. The default, 0, is 5 seconds.
 	Timeout time.Duration
 
 	// Logger receives what has no caller to return it to: lost messages
@@ -157,6 +184,7 @@ type Backplane struct {
 	subs       map[string]*follow
 	bySub      map[*nats.Subscription]*follow
 	holding    map[*follow]struct{} // the follows with held messages
+	unpacked   []realtime.Message   // the reader's scratch space
 	queue      []realtime.Message
 	queueLimit int
 	// nodeDropped is how many direct messages nats.go has dropped, as
@@ -468,6 +496,9 @@ func (b *Backplane) Close() error {
 		b.bySub = map[*nats.Subscription]*follow{}
 		b.holding = map[*follow]struct{}{}
 		b.mu.Unlock()
+		b.publishers.mu.Lock()
+		b.publishers.closed = true
+		b.publishers.mu.Unlock()
 
 		b.stop()
 		for _, f := range subs {

@@ -1,9 +1,12 @@
 package natsbackplane
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -14,81 +17,78 @@ import (
 	"github.com/realtimekit/realtime"
 )
 
-// maxAttempts bounds how often Publish numbers a message again after
-// another node published to the channel first.
+// maxAttempts bounds how often a batch is numbered again after another
+// node published to the channel first.
 const maxAttempts = 100
 
-// walkLimit is the most messages History fetches one by one; past it, a
-// consumer fetches them in batches.
+// walkLimit is the most missing messages for which History fetches the
+// stored messages that hold them one by one; past it, a consumer fetches
+// them in batches.
 const walkLimit = 16
 
 // idlePublishers is how many channels keep their last position in
 // memory while nobody publishes to them.
 const idlePublishers = 4096
 
-// publishers lines up this node's publishers per channel and remembers
-// where each channel stands, so that a node publishing alone needs one
-// round trip per message.
+// Limits of one stored message: at most batchCount messages, and more
+// than one only while their encoding stays within batchBytes.
+const (
+	batchCount = 256
+	batchBytes = 64 << 10
+)
+
+// publishers lines up this node's publishes per channel and remembers
+// where each channel stands. One sender per channel stores what is
+// queued, several messages at a time, so that a node publishing alone
+// needs one round trip per batch and never races itself.
 type publishers struct {
-	mu sync.Mutex
-	m  map[string]*publisher
+	mu     sync.Mutex
+	closed bool // set by Close: no sender starts after it
+	m      map[string]*publisher
 }
 
-// publisher is the turn and the last known state of one channel.
+// publisher is the queue and the last known state of one channel.
 type publisher struct {
-	turn chan struct{} // holds a value while someone publishes
-	refs int           // guarded by publishers.mu
+	channel string
+	subject string
 
-	// Guarded by turn. known says whether seq and pos are worth trying:
-	// seq is the stream sequence of the channel's last message (0 for
-	// none) and pos its position (zero when the channel has no
-	// numbering to continue).
+	// Guarded by publishers.mu. refs counts the callers waiting and the
+	// sender; running says that a sender goroutine owns the channel.
+	refs    int
+	queue   []*pending
+	running bool
+	// want is how many queued messages the sender waits for, 0 for
+	// none; queuePublish signals grown when the queue has them.
+	want  int
+	grown chan struct{}
+
+	// Owned by the sender. known says whether seq and pos are worth
+	// trying: seq is the stream sequence of the channel's last stored
+	// message (0 for none) and pos the position of its last message
+	// (zero when the channel has no numbering to continue).
 	known bool
 	seq   uint64
 	pos   realtime.Position
 }
 
+// pending is one Publish call waiting for its position. The sender
+// fills pos and err and closes done.
+type pending struct {
+	data []byte
+	pos  realtime.Position
+	err  error
+	done chan struct{}
+}
+
 func (p *publishers) init() { p.m = make(map[string]*publisher) }
-
-// acquire waits for the turn of channel.
-func (p *publishers) acquire(ctx context.Context, channel string) (*publisher, error) {
-	p.mu.Lock()
-	pb := p.m[channel]
-	if pb == nil {
-		pb = &publisher{turn: make(chan struct{}, 1)}
-		p.m[channel] = pb
-	}
-	pb.refs++
-	p.mu.Unlock()
-
-	select {
-	case pb.turn <- struct{}{}:
-		return pb, nil
-	case <-ctx.Done():
-		p.release(channel, pb, false)
-		return nil, context.Cause(ctx)
-	}
-}
-
-// release gives up the turn (if held) and forgets an idle channel once
-// too many are remembered.
-func (p *publishers) release(channel string, pb *publisher, held bool) {
-	if held {
-		<-pb.turn
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	pb.refs--
-	if pb.refs == 0 && len(p.m) > idlePublishers {
-		delete(p.m, channel)
-	}
-}
 
 // Publish gives data the next position of channel by storing it in the
 // stream, which republishes it to every node that follows the channel.
 // It blocks for one round trip to NATS, more when other nodes publish to
 // the channel at the same time, and waits for this node's earlier
-// publishes to the channel. data is not retained.
+// publishes to the channel: the publishes that queue meanwhile go
+// together, in one stored message, on the next round trip. data is not
+// retained.
 func (b *Backplane) Publish(ctx context.Context, channel string, data []byte) (realtime.Position, error) {
 	tok, err := channelToken(channel)
 	if err != nil {
@@ -99,51 +99,250 @@ func (b *Backplane) Publish(ctx context.Context, channel string, data []byte) (r
 		return realtime.Position{}, fmt.Errorf("natsbackplane: publish: %w", err)
 	}
 	defer done()
-	pb, err := b.publishers.acquire(ctx, channel)
-	if err != nil {
-		return realtime.Position{}, b.wrap(ctx, "publish", err)
-	}
-	defer b.publishers.release(channel, pb, true)
 
-	pos, err := b.publish(ctx, pb, b.inPrefix+tok, data)
+	p := &pending{data: data, done: make(chan struct{})}
+	pb, err := b.queuePublish(channel, b.inPrefix+tok, p)
 	if err != nil {
-		pb.known = false
-		return realtime.Position{}, b.wrap(ctx, "publish", err)
+		return realtime.Position{}, fmt.Errorf("natsbackplane: publish: %w", err)
 	}
-	return pos, nil
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+		select {
+		case <-p.done:
+		default:
+			// A message the sender has taken may still be stored.
+			b.publishers.withdraw(pb, p)
+			return realtime.Position{}, b.wrap(ctx, "publish", ctx.Err())
+		}
+	}
+	b.publishers.release(pb)
+	if p.err != nil {
+		return realtime.Position{}, b.wrap(ctx, "publish", p.err)
+	}
+	return p.pos, nil
 }
 
-// publish stores data on subject with the position after pb's, reading
-// the channel's state again whenever the stream refuses because pb's
-// was out of date. The caller holds pb's turn.
-func (b *Backplane) publish(ctx context.Context, pb *publisher, subject string, data []byte) (realtime.Position, error) {
+// queuePublish queues p on channel's publisher, starting its sender if
+// none runs.
+func (b *Backplane) queuePublish(channel, subject string, p *pending) (*publisher, error) {
+	ps := &b.publishers
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if ps.closed {
+		return nil, realtime.ErrClosed
+	}
+	pb := ps.m[channel]
+	if pb == nil {
+		pb = &publisher{channel: channel, subject: subject, grown: make(chan struct{}, 1)}
+		ps.m[channel] = pb
+	}
+	pb.refs++
+	pb.queue = append(pb.queue, p)
+	if pb.want > 0 && len(pb.queue) >= pb.want {
+		pb.want = 0
+		select {
+		case pb.grown <- struct{}{}:
+		default:
+		}
+	}
+	if !pb.running {
+		pb.running = true
+		pb.refs++
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			b.send(pb)
+		}()
+	}
+	return pb, nil
+}
+
+// withdraw takes p out of pb's queue if the sender has not taken it yet,
+// and gives up the caller's reference.
+func (p *publishers) withdraw(pb *publisher, w *pending) {
+	p.mu.Lock()
+	if i := slices.Index(pb.queue, w); i >= 0 {
+		pb.queue = slices.Delete(pb.queue, i, i+1)
+	}
+	p.mu.Unlock()
+	p.release(pb)
+}
+
+// release gives up a reference to pb and forgets an idle channel once
+// too many are remembered.
+func (p *publishers) release(pb *publisher) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.releaseLocked(pb)
+}
+
+func (p *publishers) releaseLocked(pb *publisher) {
+	pb.refs--
+	if pb.refs == 0 && len(p.m) > idlePublishers && p.m[pb.channel] == pb {
+		delete(p.m, pb.channel)
+	}
+}
+
+// take removes the next batch from pb's queue and returns it with its
+// encoding, or ends the sender's turn when the queue is empty.
+func (p *publishers) take(pb *publisher) ([]*pending, []byte) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(pb.queue) == 0 {
+		pb.running = false
+		p.releaseLocked(pb)
+		return nil, nil
+	}
+	n, size := 1, encodedLen(pb.queue[0].data)
+	for n < len(pb.queue) && n < batchCount {
+		l := encodedLen(pb.queue[n].data)
+		if size+l > batchBytes {
+			break
+		}
+		n, size = n+1, size+l
+	}
+	batch := slices.Clone(pb.queue[:n])
+	clear(pb.queue[:n])
+	pb.queue = pb.queue[n:]
+	if len(pb.queue) == 0 {
+		pb.queue = nil
+	}
+	// Encoded while the callers still wait, so that none of their data
+	// is read after they return.
+	return batch, encodeBatch(batch)
+}
+
+// send runs on the goroutine that queuePublish starts for a channel: it
+// stores the channel's queued messages, a batch per round trip, until
+// the queue is empty.
+func (b *Backplane) send(pb *publisher) {
+	var gather *time.Timer
+	defer func() {
+		if gather != nil {
+			gather.Stop()
+		}
+	}()
+	for {
+		batch, body := b.publishers.take(pb)
+		if batch == nil {
+			return
+		}
+		start := time.Now()
+		first, err := b.store(pb, body, len(batch))
+		took := time.Since(start)
+		for i, p := range batch {
+			p.err = err
+			if err == nil {
+				p.pos = realtime.Position{Epoch: first.Epoch, Offset: first.Offset + uint64(i)}
+			}
+			close(p.done)
+		}
+		// The callers just answered may publish again at once; while
+		// some are queued already, give the others a moment to join
+		// them, so that a busy channel keeps its batches full rather
+		// than alternating between small and large ones.
+		if !b.publishers.waitFor(pb, len(batch)) {
+			continue
+		}
+		wait := min(took/gatherFraction, gatherLimit)
+		if gather == nil {
+			gather = time.NewTimer(wait)
+		} else {
+			gather.Reset(wait)
+		}
+		select {
+		case <-pb.grown:
+		case <-gather.C:
+		case <-b.life.Done():
+		}
+		b.publishers.waitFor(pb, 0)
+	}
+}
+
+// How long a sender waits for the callers of its last batch: a fraction
+// of that batch's round trip, and at most gatherLimit.
+const (
+	gatherFraction = 4
+	gatherLimit    = 2 * time.Millisecond
+)
+
+// waitFor asks queuePublish to signal pb.grown once pb's queue holds n
+// messages, and reports whether it holds some but fewer now; n 0 stops
+// asking.
+func (p *publishers) waitFor(pb *publisher, n int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-pb.grown:
+	default:
+	}
+	if n == 0 || len(pb.queue) == 0 || len(pb.queue) >= n {
+		pb.want = 0
+		return false
+	}
+	pb.want = n
+	return true
+}
+
+// store stores body, the encoding of n messages, as the next messages of
+// pb's channel and returns the position of the first.
+func (b *Backplane) store(pb *publisher, body []byte, n int) (realtime.Position, error) {
+	ctx, done, err := b.call(context.Background())
+	if err != nil {
+		pb.known = false
+		return realtime.Position{}, err
+	}
+	defer done()
+	first, err := b.publish(ctx, pb, body, n)
+	if err != nil {
+		pb.known = false
+		if b.life.Err() != nil {
+			err = realtime.ErrClosed
+		} else if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+			err = fmt.Errorf("%w: %w", err, context.Cause(ctx))
+		}
+		return realtime.Position{}, err
+	}
+	return first, nil
+}
+
+// publish stores body, n messages, on pb's subject with the positions
+// after pb's, reading the channel's state again whenever the stream
+// refuses because pb's was out of date. It returns the position of the
+// first message.
+func (b *Backplane) publish(ctx context.Context, pb *publisher, body []byte, n int) (realtime.Position, error) {
 	for attempt := 1; ; attempt++ {
 		stream, err := b.ensureStream(ctx)
 		if err != nil {
 			return realtime.Position{}, err
 		}
 		if !pb.known {
-			last, err := lastMessage(ctx, stream, subject)
+			last, err := lastMessage(ctx, stream, pb.subject)
 			if err != nil {
 				return realtime.Position{}, err
 			}
 			pb.known, pb.seq, pb.pos = true, last.seq, last.pos
 		}
-		next := realtime.Position{Epoch: pb.pos.Epoch, Offset: pb.pos.Offset + 1}
+		first := realtime.Position{Epoch: pb.pos.Epoch, Offset: pb.pos.Offset + 1}
 		if pb.pos.Epoch == "" {
-			next = realtime.Position{Epoch: newID(), Offset: 1}
+			first = realtime.Position{Epoch: newID(), Offset: 1}
 		}
+		last := realtime.Position{Epoch: first.Epoch, Offset: first.Offset + uint64(n) - 1}
 
-		msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
-		msg.Header.Set(epochHeader, next.Epoch)
-		msg.Header.Set(offsetHeader, strconv.FormatUint(next.Offset, 10))
+		msg := &nats.Msg{Subject: pb.subject, Data: body, Header: nats.Header{}}
+		msg.Header.Set(epochHeader, last.Epoch)
+		msg.Header.Set(offsetHeader, strconv.FormatUint(last.Offset, 10))
+		if n > 1 {
+			msg.Header.Set(countHeader, strconv.Itoa(n))
+		}
 		ack, err := b.js.PublishMsg(ctx, msg,
 			jetstream.WithExpectLastSequencePerSubject(pb.seq),
 			jetstream.WithRetryAttempts(0),
 		)
 		if err == nil {
-			pb.seq, pb.pos = ack.Sequence, next
-			return next, nil
+			pb.seq, pb.pos = ack.Sequence, last
+			return first, nil
 		}
 		pb.known = false
 		switch {
@@ -159,6 +358,34 @@ func (b *Backplane) publish(ctx context.Context, pb *publisher, subject string, 
 	}
 }
 
+// encodedLen is the size of data in a stored message of several.
+func encodedLen(data []byte) int {
+	n := 1
+	for x := uint64(len(data)); x >= 0x80; x >>= 7 {
+		n++
+	}
+	return n + len(data)
+}
+
+// encodeBatch returns the body of the stored message that carries the
+// batch: one message's data as it is, or each message's data after its
+// length as a uvarint.
+func encodeBatch(batch []*pending) []byte {
+	if len(batch) == 1 {
+		return bytes.Clone(batch[0].data)
+	}
+	size := 0
+	for _, p := range batch {
+		size += encodedLen(p.data)
+	}
+	body := make([]byte, 0, size)
+	for _, p := range batch {
+		body = binary.AppendUvarint(body, uint64(len(p.data)))
+		body = append(body, p.data...)
+	}
+	return body
+}
+
 func isWrongLastSequence(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.As(err, &apiErr) &&
@@ -166,13 +393,19 @@ func isWrongLastSequence(err error) bool {
 			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }
 
-// stored is a channel's message as the stream keeps it.
+// stored is a stored message of a channel: one message, or several
+// consecutive ones.
 type stored struct {
-	seq  uint64 // stream sequence; 0 when the channel has no message
-	prev uint64 // stream sequence of the channel's message before it
-	pos  realtime.Position
-	data []byte
+	seq   uint64            // stream sequence; 0 when the channel has no message
+	prev  uint64            // stream sequence of the channel's stored message before it
+	pos   realtime.Position // of its last message
+	count uint64            // how many messages it carries
+	head  nats.Header
+	data  []byte
 }
+
+// first returns the offset of the first message s carries.
+func (s stored) first() uint64 { return s.pos.Offset - s.count + 1 }
 
 // lastMessage returns the last message stored on subject, with seq 0 if
 // there is none. A message without a valid position (one that something
@@ -189,20 +422,69 @@ func lastMessage(ctx context.Context, stream jetstream.Stream, subject string) (
 }
 
 func storedOf(seq uint64, h nats.Header, data []byte) stored {
-	s := stored{seq: seq, data: data}
+	s := stored{seq: seq, head: h, data: data}
 	s.prev, _ = strconv.ParseUint(h.Get(jetstream.ExpectedLastSubjSeqHeader), 10, 64)
-	s.pos, _ = positionOf(h)
+	s.pos, s.count, _ = positionOf(h)
 	return s
 }
 
-// positionOf returns the position that a message's headers carry.
-func positionOf(h nats.Header) (realtime.Position, bool) {
+// countHeader carries how many messages a stored message holds, when
+// more than one.
+const countHeader = "Realtime-Count"
+
+// positionOf returns the position of the last message that a stored
+// message's headers describe, and how many messages it holds.
+func positionOf(h nats.Header) (realtime.Position, uint64, bool) {
 	epoch := h.Get(epochHeader)
 	offset, err := strconv.ParseUint(h.Get(offsetHeader), 10, 64)
 	if epoch == "" || err != nil || offset == 0 {
-		return realtime.Position{}, false
+		return realtime.Position{}, 0, false
 	}
-	return realtime.Position{Epoch: epoch, Offset: offset}, true
+	count := uint64(1)
+	if c := h.Get(countHeader); c != "" {
+		count, err = strconv.ParseUint(c, 10, 64)
+		if err != nil || count == 0 || count > offset {
+			return realtime.Position{}, 0, false
+		}
+	}
+	return realtime.Position{Epoch: epoch, Offset: offset}, count, true
+}
+
+// unpack returns the messages of channel that a stored message with
+// these headers and data carries, in order. The messages share data.
+func unpack(channel string, h nats.Header, data []byte) ([]realtime.Message, bool) {
+	return appendUnpacked(nil, channel, h, data)
+}
+
+// appendUnpacked is unpack appending to msgs.
+func appendUnpacked(msgs []realtime.Message, channel string, h nats.Header, data []byte) ([]realtime.Message, bool) {
+	last, count, ok := positionOf(h)
+	if !ok {
+		return msgs, false
+	}
+	first := last.Offset - count + 1
+	if count == 1 && h.Get(countHeader) == "" {
+		return append(msgs, realtime.Message{Channel: channel, Data: data, Position: last}), true
+	}
+	start := len(msgs)
+	msgs = slices.Grow(msgs, int(min(count, batchCount)))
+	for i := uint64(0); i < count; i++ {
+		n, k := binary.Uvarint(data)
+		if k <= 0 || n > uint64(len(data)-k) {
+			return msgs[:start], false
+		}
+		data = data[k:]
+		msgs = append(msgs, realtime.Message{
+			Channel:  channel,
+			Data:     data[:n:n],
+			Position: realtime.Position{Epoch: last.Epoch, Offset: first + i},
+		})
+		data = data[n:]
+	}
+	if len(data) != 0 {
+		return msgs[:start], false
+	}
+	return msgs, true
 }
 
 // ensureStream returns the stream, creating it or updating its
@@ -252,9 +534,10 @@ func (b *Backplane) forgetStream(s jetstream.Stream) {
 }
 
 // History returns the messages of channel after since and the channel's
-// latest position. It reads the channel's last message, then up to 16
-// missing messages one by one, or more through a consumer; each read is
-// a round trip to NATS. The caller owns the returned messages.
+// latest position. It reads the channel's last stored message, then the
+// stored messages that hold the missing ones: one by one when up to 16
+// messages are missing, or through a consumer; each read is a round
+// trip to NATS. The caller owns the returned messages.
 func (b *Backplane) History(ctx context.Context, channel string, since realtime.Position) ([]realtime.Message, realtime.Position, error) {
 	ctx, done, err := b.call(ctx)
 	if err != nil {
@@ -308,13 +591,21 @@ func (b *Backplane) History(ctx context.Context, channel string, since realtime.
 	return msgs, latest, err
 }
 
-// walk returns the messages after since up to last, fetching each by the
-// sequence of the one after it, newest first.
+// walk returns the messages after since up to last, fetching each
+// stored message by the sequence of the one after it, newest first.
 func walk(ctx context.Context, stream jetstream.Stream, channel, subject string, last stored, since realtime.Position) ([]realtime.Message, error) {
 	msgs := make([]realtime.Message, last.pos.Offset-since.Offset)
+	i := len(msgs) // msgs[i:] are filled
 	cur := last
-	for i := len(msgs) - 1; ; i-- {
-		msgs[i] = realtime.Message{Channel: channel, Data: cur.data, Position: cur.pos}
+	for {
+		got, ok := unpack(channel, cur.head, cur.data)
+		if !ok {
+			return nil, unrecoverable(channel, "history trimmed")
+		}
+		for j := len(got) - 1; j >= 0 && i > 0; j-- {
+			i--
+			msgs[i] = got[j]
+		}
 		if i == 0 {
 			return msgs, nil
 		}
@@ -328,7 +619,7 @@ func walk(ctx context.Context, stream jetstream.Stream, channel, subject string,
 		if err != nil {
 			return nil, err
 		}
-		want := realtime.Position{Epoch: cur.pos.Epoch, Offset: cur.pos.Offset - 1}
+		want := realtime.Position{Epoch: cur.pos.Epoch, Offset: cur.first() - 1}
 		cur = storedOf(rm.Sequence, rm.Header, rm.Data)
 		if rm.Subject != subject || cur.pos != want {
 			return nil, unrecoverable(channel, "history trimmed")
@@ -368,15 +659,18 @@ func (b *Backplane) scan(ctx context.Context, stream jetstream.Stream, channel, 
 		var trimmed bool
 		for m := range batch.Messages() {
 			n++
-			pos, _ := positionOf(m.Headers())
-			if pos.Epoch != since.Epoch || pos.Offset <= since.Offset || uint64(len(msgs)) == want {
-				continue
+			got, _ := unpack(channel, m.Headers(), m.Data())
+			for _, msg := range got {
+				pos := msg.Position
+				if pos.Epoch != since.Epoch || pos.Offset <= since.Offset || uint64(len(msgs)) == want {
+					continue
+				}
+				if pos.Offset != since.Offset+1+uint64(len(msgs)) {
+					trimmed = true
+					continue
+				}
+				msgs = append(msgs, msg)
 			}
-			if pos.Offset != since.Offset+1+uint64(len(msgs)) {
-				trimmed = true
-				continue
-			}
-			msgs = append(msgs, realtime.Message{Channel: channel, Data: m.Data(), Position: pos})
 		}
 		if err := batch.Error(); err != nil {
 			return nil, fmt.Errorf("fetch: %w", err)

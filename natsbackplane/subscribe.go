@@ -320,18 +320,24 @@ func (b *Backplane) take(m *nats.Msg) bool {
 		// The channel was unsubscribed since.
 		return !b.closed
 	}
-	pos, ok := positionOf(m.Header)
+	msgs, ok := appendUnpacked(b.unpacked[:0], f.channel, m.Header, m.Data)
+	defer func() {
+		// Reused for the next message, holding no data meanwhile.
+		clear(msgs)
+		b.unpacked = msgs[:0]
+	}()
 	if !ok {
-		b.logger.Error("nats backplane message without a position dropped", "topic", f.channel)
+		b.logger.Error("nats backplane message without a valid position dropped", "topic", f.channel)
 		return true
 	}
-	msg := realtime.Message{Channel: f.channel, Data: m.Data, Position: pos}
 	if !f.ready {
 		// Subscribe has yet to learn where the channel stands.
-		f.held = append(f.held, msg)
+		f.held = append(f.held, msgs...)
 		return true
 	}
-	b.accept(f, msg)
+	for _, msg := range msgs {
+		b.accept(f, msg)
+	}
 	return !b.closed
 }
 
