@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"sync/atomic"
 	"testing"
+	"unsafe"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -123,7 +124,7 @@ func BenchmarkFanOut(b *testing.B) {
 func BenchmarkQueue(b *testing.B) {
 	h, ts := benchHub(b, 1)
 	c := h.Conns()[0]
-	it := item{data: []byte(`{"type":"message","channel":"c","data":1}`), kind: itemMessage, channel: "c"}
+	it := item{data: []byte(`{"type":"message","channel":"c","data":1}`), ref: &itemRef{kind: itemMessage, channel: "c"}}
 	base := ts[0].msgs.Load()
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -158,6 +159,8 @@ func TestDeliverAllocationsDoNotGrowWithMembers(t *testing.T) {
 	one, thousand := allocs(1), allocs(1000)
 	assert.LessOrEqual(t, one, 2.0, "allocations to deliver to one member")
 	assert.Less(t, (thousand-one)/999, 0.1, "allocations per further member (%v for 1,000 members)", thousand)
+	// What a message costs each member while it waits in the queue.
+	assert.LessOrEqual(t, unsafe.Sizeof(item{}), uintptr(32), "bytes per queued message")
 }
 
 func BenchmarkCursor(b *testing.B) {

@@ -114,7 +114,7 @@ func (c *Conn) run(ctx context.Context, cmd *command) bool {
 func (c *Conn) clientJoin(ctx context.Context, channel string, id uint64, since *Position) bool {
 	fail := func(e *protocolError) bool {
 		// The refusal also takes the channel out of the cursor.
-		c.push(item{data: encodeError(id, channel, e), kind: itemLeft, channel: channel})
+		c.push(item{data: encodeError(id, channel, e), ref: &itemRef{kind: itemLeft, channel: channel}})
 		return false
 	}
 	if err := c.hub.checkChannel(channel); err != nil {

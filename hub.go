@@ -352,7 +352,7 @@ func (h *Hub) deliver(m Message) {
 	if ch == nil {
 		return
 	}
-	it := item{data: encodePublication(m), kind: itemMessage, channel: m.Channel, pos: m.Position}
+	it := item{data: encodePublication(m), ref: &itemRef{kind: itemMessage, channel: m.Channel, pos: m.Position}}
 
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
@@ -483,16 +483,16 @@ func (h *Hub) addMember(ctx context.Context, c *Conn, name string, id uint64, si
 	default:
 		reply = reply.position(start).boolean("recovered", false)
 	}
-	c.push(item{data: reply.end(), kind: itemJoined, channel: name, pos: start})
+	c.push(item{data: reply.end(), ref: &itemRef{kind: itemJoined, channel: name, pos: start}})
 	for _, m := range history {
 		if after(m.Position, start) {
-			c.push(item{data: encodePublication(m), kind: itemMessage, channel: name, pos: m.Position})
+			c.push(item{data: encodePublication(m), ref: &itemRef{kind: itemMessage, channel: name, pos: m.Position}})
 			start = m.Position
 		}
 	}
 	for _, m := range held {
 		if after(m.Position, start) {
-			c.push(item{data: encodePublication(m), kind: itemMessage, channel: name, pos: m.Position})
+			c.push(item{data: encodePublication(m), ref: &itemRef{kind: itemMessage, channel: name, pos: m.Position}})
 			start = m.Position
 		}
 	}
@@ -519,7 +519,7 @@ func (h *Hub) confirmMember(c *Conn, name string, id uint64) {
 	}
 	c.push(item{
 		data: newMessage("joined", id).str("channel", name).position(pos).end(),
-		kind: itemJoined, channel: name, pos: pos,
+		ref:  &itemRef{kind: itemJoined, channel: name, pos: pos},
 	})
 }
 
@@ -589,7 +589,7 @@ func (h *Hub) removeMember(c *Conn, name string, reply []byte) {
 	delete(ch.pending, c)
 	delete(ch.starts, c)
 	if reply != nil {
-		c.push(item{data: reply, kind: itemLeft, channel: name})
+		c.push(item{data: reply, ref: &itemRef{kind: itemLeft, channel: name}})
 	}
 	ch.mu.Unlock()
 

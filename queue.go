@@ -6,12 +6,34 @@ import (
 	"sync"
 )
 
-// item is one queued message with what the writer needs to know of it.
+// item is one queued message. An item is queued per member a message
+// reaches, so it is kept small: what the message does to the
+// connection's place in a channel is in ref, which all the members of a
+// publication share, and which is nil for replies and direct messages.
 type item struct {
-	data    []byte
+	data []byte
+	ref  *itemRef
+}
+
+// itemRef is what the writer needs to know of a message in a channel.
+type itemRef struct {
 	kind    itemKind
 	channel string
 	pos     Position
+}
+
+func (it item) kind() itemKind {
+	if it.ref == nil {
+		return itemReply
+	}
+	return it.ref.kind
+}
+
+func (it item) channel() string {
+	if it.ref == nil {
+		return ""
+	}
+	return it.ref.channel
 }
 
 type itemKind uint8
@@ -64,13 +86,13 @@ func (c *Conn) tryPush(it item) (ok, slow bool) {
 	if c.closing {
 		return false, false
 	}
-	droppable := it.kind == itemMessage
-	if _, lagged := c.lagged[it.channel]; lagged && droppable {
-		gap := item{data: newMessage("gap", 0).str("channel", it.channel).end()}
+	droppable := it.kind() == itemMessage
+	if _, lagged := c.lagged[it.channel()]; lagged && droppable {
+		gap := item{data: newMessage("gap", 0).str("channel", it.channel()).end()}
 		if !c.fits(len(gap.data) + len(it.data)) {
 			return false, false
 		}
-		delete(c.lagged, it.channel)
+		delete(c.lagged, it.channel())
 		c.append(gap)
 	}
 	if c.fits(len(it.data)) {
@@ -84,7 +106,7 @@ func (c *Conn) tryPush(it item) (ok, slow bool) {
 	if c.lagged == nil {
 		c.lagged = make(map[string]struct{})
 	}
-	c.lagged[it.channel] = struct{}{}
+	c.lagged[it.channel()] = struct{}{}
 	return false, false
 }
 
@@ -159,14 +181,14 @@ func (c *Conn) write() {
 				data = append(data, ',')
 			}
 			data = append(data, it.data...)
-			if c.cursor == nil {
+			if c.cursor == nil || it.ref == nil {
 				continue
 			}
-			switch it.kind {
+			switch it.ref.kind {
 			case itemMessage, itemJoined:
-				c.cursor[it.channel] = it.pos
+				c.cursor[it.ref.channel] = it.ref.pos
 			case itemLeft:
-				delete(c.cursor, it.channel)
+				delete(c.cursor, it.ref.channel)
 			}
 		}
 		data = append(data, ']')
