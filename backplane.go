@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 )
@@ -150,10 +152,13 @@ type MemoryBroker struct {
 	historyTTL  time.Duration
 	now         func() time.Time
 
-	mu        sync.Mutex
-	channels  map[string]*memoryChannel
-	nodes     map[string]*memoryNode
-	lastSweep time.Time
+	mu       sync.Mutex
+	channels map[string]*memoryChannel
+	// channelsPeak is the largest size of channels since it was made (see
+	// shrunk).
+	channelsPeak int
+	nodes        map[string]*memoryNode
+	lastSweep    time.Time
 	// space is closed and replaced whenever a node's queue shrinks, waking
 	// publishers that wait for room.
 	space chan struct{}
@@ -232,6 +237,7 @@ type memoryNode struct {
 
 	// Guarded by broker.mu.
 	subs      map[string]struct{}
+	subsPeak  int // the largest size of subs since it was made (see shrunk)
 	queue     []Message
 	isClosed  bool
 	closeOnce sync.Once
@@ -246,7 +252,7 @@ func (b *MemoryBroker) channel(name string, create bool) *memoryChannel {
 	}
 	ch := b.channels[name]
 	if ch != nil && b.expired(ch, now) {
-		delete(b.channels, name)
+		b.forget(name)
 		ch = nil
 	}
 	if ch == nil && create {
@@ -255,6 +261,7 @@ func (b *MemoryBroker) channel(name string, create bool) *memoryChannel {
 			nodes: make(map[*memoryNode]struct{}),
 		}
 		b.channels[name] = ch
+		grown(&b.channelsPeak, len(b.channels))
 	}
 	if ch != nil && create {
 		ch.touched = now
@@ -280,6 +287,13 @@ func (b *MemoryBroker) sweep(now time.Time) {
 			delete(b.channels, name)
 		}
 	}
+	b.channels = shrunk(b.channels, &b.channelsPeak)
+}
+
+// forget drops the channel name. b.mu is held.
+func (b *MemoryBroker) forget(name string) {
+	delete(b.channels, name)
+	b.channels = shrunk(b.channels, &b.channelsPeak)
 }
 
 // trim drops history entries older than cutoff.
@@ -418,6 +432,7 @@ func (n *memoryNode) Subscribe(ctx context.Context, channel string) error {
 	ch := b.channel(channel, true)
 	ch.nodes[n] = struct{}{}
 	n.subs[channel] = struct{}{}
+	grown(&n.subsPeak, len(n.subs))
 	return nil
 }
 
@@ -438,11 +453,12 @@ func (n *memoryNode) Unsubscribe(ctx context.Context, channel string) error {
 func (n *memoryNode) unsubscribeLocked(channel string) {
 	b := n.broker
 	delete(n.subs, channel)
+	n.subs = shrunk(n.subs, &n.subsPeak)
 	if ch := b.channels[channel]; ch != nil {
 		delete(ch.nodes, n)
 		ch.touched = b.now()
 		if b.expired(ch, ch.touched) {
-			delete(b.channels, channel)
+			b.forget(channel)
 		}
 	}
 }
@@ -521,7 +537,8 @@ func (n *memoryNode) Close() error {
 		b.mu.Lock()
 		n.isClosed = true
 		delete(b.nodes, n.name)
-		for channel := range n.subs {
+		// unsubscribeLocked may replace n.subs with a smaller copy.
+		for _, channel := range slices.Collect(maps.Keys(n.subs)) {
 			n.unsubscribeLocked(channel)
 		}
 		n.queue = nil

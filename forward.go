@@ -102,13 +102,19 @@ type forwarder struct {
 	handlers map[string]http.Handler // by session secret
 	next     uint64
 	waiting  map[uint64]chan *envelope
-	serving  map[servingKey]context.CancelFunc
-	closing  bool
+	// serving holds the cancel function of each request served for
+	// another node, until it has been served. stop cancels them all: the
+	// hub owns these requests through this map, and their contexts are
+	// children of no long-lived context, whose list of children would
+	// keep the room of its busiest moment.
+	serving map[servingKey]context.CancelFunc
+	closing bool
+	stopped bool
 
-	// life bounds the requests served for other nodes; running tracks
-	// them and every reply.
-	life    context.Context
-	end     context.CancelFunc
+	// The largest sizes of the maps since they were made (see shrunk).
+	handlersPeak, waitingPeak, servingPeak int
+
+	// running tracks the requests served for other nodes and every reply.
 	running sync.WaitGroup
 	polls   chan struct{}
 	others  chan struct{}
@@ -123,7 +129,6 @@ func (f *forwarder) init() {
 	f.handlers = make(map[string]http.Handler)
 	f.waiting = make(map[uint64]chan *envelope)
 	f.serving = make(map[servingKey]context.CancelFunc)
-	f.life, f.end = context.WithCancel(context.Background())
 	f.polls = make(chan struct{}, forwardedPollLimit)
 	f.others = make(chan struct{}, forwardedCommandLimit)
 }
@@ -139,13 +144,40 @@ func (f *forwarder) shutdown() {
 		close(reply)
 		delete(f.waiting, id)
 	}
+	f.waiting = shrunk(f.waiting, &f.waitingPeak)
 }
 
 // stop ends the requests served for other nodes and waits for them and
 // their replies.
 func (f *forwarder) stop() {
-	f.end()
+	f.mu.Lock()
+	f.stopped = true
+	for _, cancel := range f.serving {
+		cancel()
+	}
+	f.mu.Unlock()
 	f.running.Wait()
+}
+
+// unwait takes the request id out of those waiting for a reply and
+// returns its reply channel, or nil if it was no longer waiting.
+func (f *forwarder) unwait(id uint64) chan *envelope {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	reply := f.waiting[id]
+	delete(f.waiting, id)
+	f.waiting = shrunk(f.waiting, &f.waitingPeak)
+	return reply
+}
+
+// served forgets a request served for another node once it is done, and
+// cancels its context.
+func (f *forwarder) served(key servingKey, cancel context.CancelFunc) {
+	f.mu.Lock()
+	delete(f.serving, key)
+	f.serving = shrunk(f.serving, &f.servingPeak)
+	f.mu.Unlock()
+	cancel()
 }
 
 // newSession returns a new session secret naming this node, registered
@@ -154,6 +186,7 @@ func (h *Hub) newSession(handler http.Handler) string {
 	token := h.bp.Node() + "." + randomToken(16)
 	h.fwd.mu.Lock()
 	h.fwd.handlers[token] = handler
+	grown(&h.fwd.handlersPeak, len(h.fwd.handlers))
 	h.fwd.mu.Unlock()
 	return token
 }
@@ -161,6 +194,7 @@ func (h *Hub) newSession(handler http.Handler) string {
 func (h *Hub) endSession(token string) {
 	h.fwd.mu.Lock()
 	delete(h.fwd.handlers, token)
+	h.fwd.handlers = shrunk(h.fwd.handlers, &h.fwd.handlersPeak)
 	h.fwd.mu.Unlock()
 }
 
@@ -288,12 +322,9 @@ func (h *Hub) roundTrip(ctx context.Context, node string, req *envelope, timeout
 	h.fwd.next++
 	req.ID = h.fwd.next
 	h.fwd.waiting[req.ID] = reply
+	grown(&h.fwd.waitingPeak, len(h.fwd.waiting))
 	h.fwd.mu.Unlock()
-	defer func() {
-		h.fwd.mu.Lock()
-		delete(h.fwd.waiting, req.ID)
-		h.fwd.mu.Unlock()
-	}()
+	defer h.fwd.unwait(req.ID)
 
 	data, err := req.marshal()
 	if err != nil {
@@ -343,10 +374,7 @@ func (h *Hub) direct(data []byte) {
 	}
 	switch {
 	case e.Reply:
-		h.fwd.mu.Lock()
-		reply := h.fwd.waiting[e.ID]
-		delete(h.fwd.waiting, e.ID)
-		h.fwd.mu.Unlock()
+		reply := h.fwd.unwait(e.ID)
 		if reply != nil {
 			reply <- &e // buffered, and taken out of waiting: sent once
 		}
@@ -379,20 +407,19 @@ func (h *Hub) direct(data []byte) {
 		}()
 		return
 	}
-	ctx, cancel := context.WithTimeout(h.fwd.life, e.Wait+time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), e.Wait+time.Second)
 	key := servingKey{e.From, e.ID}
 	h.fwd.mu.Lock()
+	if h.fwd.stopped {
+		cancel()
+	}
 	h.fwd.serving[key] = cancel
+	grown(&h.fwd.servingPeak, len(h.fwd.serving))
 	h.fwd.mu.Unlock()
 	go func() {
 		defer h.fwd.running.Done()
 		defer func() { <-slots }()
-		defer func() {
-			h.fwd.mu.Lock()
-			delete(h.fwd.serving, key)
-			h.fwd.mu.Unlock()
-			cancel()
-		}()
+		defer h.fwd.served(key, cancel)
 		h.stats.served.Add(1)
 		h.reply(&e, h.serveForwarded(ctx, &e))
 	}()

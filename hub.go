@@ -44,7 +44,11 @@ type Hub struct {
 	mu       sync.RWMutex
 	conns    map[string]*Conn
 	channels map[string]*channel
-	closing  bool
+	// connsPeak and channelsPeak are the largest sizes of conns and
+	// channels since they were made (see shrunk).
+	connsPeak    int
+	channelsPeak int
+	closing      bool
 	// connsDone is closed when closing is set and conns becomes empty.
 	connsDone chan struct{}
 
@@ -106,6 +110,9 @@ type channel struct {
 	// message delivered here, where it starts: messages up to it are
 	// still on their way from the backplane and are not theirs.
 	starts map[*Conn]Position
+	// pendingPeak and startsPeak are the largest sizes of pending and
+	// starts since they were made (see shrunk).
+	pendingPeak, startsPeak int
 	// last is the position of the last message delivered here.
 	last Position
 }
@@ -363,7 +370,7 @@ func (h *Hub) deliver(m Message) {
 				if !after(m.Position, start) {
 					continue
 				}
-				delete(ch.starts, c)
+				ch.dropStart(c)
 			}
 		}
 		if buf, joining := ch.pending[c]; joining {
@@ -414,6 +421,7 @@ func (h *Hub) addConn(c *Conn) error {
 		return ErrClosed
 	}
 	h.conns[c.id] = c
+	grown(&h.connsPeak, len(h.conns))
 	return nil
 }
 
@@ -422,6 +430,7 @@ func (h *Hub) removeConn(c *Conn) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	delete(h.conns, c.id)
+	h.conns = shrunk(h.conns, &h.connsPeak)
 	if h.closing && len(h.conns) == 0 {
 		select {
 		case <-h.connsDone:
@@ -467,7 +476,7 @@ func (h *Hub) addMember(ctx context.Context, c *Conn, name string, id uint64, si
 	if !joining {
 		return ErrClosed // removed while reading history
 	}
-	delete(ch.pending, c)
+	ch.dropPending(c)
 	if latest == (Position{}) {
 		latest = ch.last
 	}
@@ -498,6 +507,7 @@ func (h *Hub) addMember(ctx context.Context, c *Conn, name string, id uint64, si
 	}
 	if start != ch.last && after(start, ch.last) {
 		ch.starts[c] = start
+		grown(&ch.startsPeak, len(ch.starts))
 	}
 	return nil
 }
@@ -543,6 +553,7 @@ func (h *Hub) follow(ctx context.Context, c *Conn, name string) (*channel, error
 		}
 		h.mu.Lock()
 		h.channels[name] = ch
+		grown(&h.channelsPeak, len(h.channels))
 		h.mu.Unlock()
 	}
 
@@ -554,7 +565,21 @@ func (h *Hub) follow(ctx context.Context, c *Conn, name string) (*channel, error
 		ch.members = append(members, c)
 	}
 	ch.pending[c] = nil
+	grown(&ch.pendingPeak, len(ch.pending))
 	return ch, nil
+}
+
+// dropPending forgets the messages held for c while it joins. ch.mu is
+// held.
+func (ch *channel) dropPending(c *Conn) {
+	delete(ch.pending, c)
+	ch.pending = shrunk(ch.pending, &ch.pendingPeak)
+}
+
+// dropStart forgets where c's membership starts. ch.mu is held.
+func (ch *channel) dropStart(c *Conn) {
+	delete(ch.starts, c)
+	ch.starts = shrunk(ch.starts, &ch.startsPeak)
 }
 
 // after reports whether p comes after q in a channel: a later offset of
@@ -586,8 +611,8 @@ func (h *Hub) removeMember(c *Conn, name string, reply []byte) {
 		}
 	}
 	ch.members = members
-	delete(ch.pending, c)
-	delete(ch.starts, c)
+	ch.dropPending(c)
+	ch.dropStart(c)
 	if reply != nil {
 		c.push(item{data: reply, ref: &itemRef{kind: itemLeft, channel: name}})
 	}
@@ -598,6 +623,7 @@ func (h *Hub) removeMember(c *Conn, name string, reply []byte) {
 	}
 	h.mu.Lock()
 	delete(h.channels, name)
+	h.channels = shrunk(h.channels, &h.channelsPeak)
 	h.mu.Unlock()
 	// The backplane call is bounded: a hub that cannot reach its broker
 	// must still let connections go.

@@ -61,6 +61,9 @@ type pollHandler struct {
 
 	mu     sync.Mutex
 	byConn map[*Conn]*pollTransport
+	// byConnPeak is the largest size of byConn since it was made (see
+	// shrunk).
+	byConnPeak int
 }
 
 func (p *pollHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -115,6 +118,7 @@ func (p *pollHandler) open(w http.ResponseWriter, r *http.Request) {
 		p.byConn = make(map[*Conn]*pollTransport)
 	}
 	p.byConn[c] = t
+	grown(&p.byConnPeak, len(p.byConn))
 	p.mu.Unlock()
 	ss.set(c)
 	// Forget the session once its connection has ended and a poll has had
@@ -130,6 +134,7 @@ func (p *pollHandler) forget(token string, c *Conn) {
 	p.sessions.remove(p.hub, token)
 	p.mu.Lock()
 	delete(p.byConn, c)
+	p.byConn = shrunk(p.byConn, &p.byConnPeak)
 	p.mu.Unlock()
 }
 

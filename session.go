@@ -18,6 +18,8 @@ const SessionHeader = "Realtime-Session"
 type sessions struct {
 	mu sync.Mutex
 	m  map[string]*session
+	// peak is the largest size of m since it was made (see shrunk).
+	peak int
 }
 
 type session struct {
@@ -44,6 +46,7 @@ func (s *sessions) reserve(h *Hub, owner http.Handler) (string, *session) {
 	}
 	ss := &session{ready: make(chan struct{})}
 	s.m[token] = ss
+	grown(&s.peak, len(s.m))
 	return token, ss
 }
 
@@ -64,6 +67,7 @@ func (s *sessions) remove(h *Hub, token string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.m, token)
+	s.m = shrunk(s.m, &s.peak)
 }
 
 // serveCommands handles a POST of client commands to the connection that

@@ -633,6 +633,18 @@ func closeAll(clients []*client) {
 	wg.Wait()
 }
 
+// closeIdleHTTP closes the keep-alive connections the load generator's
+// HTTP clients hold to the servers (commands, DELETEs, publishes), so
+// that a server whose clients have left holds none of them.
+func closeIdleHTTP() {
+	for _, c := range httpClients {
+		if c != nil {
+			c.CloseIdleConnections()
+		}
+	}
+	pubClient.CloseIdleConnections()
+}
+
 // leave sends this project's DELETE that ends an SSE or long-poll session.
 func leave(src int, url, session string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -132,11 +132,42 @@ type memResult struct {
 	endKB     int64 // 5 s after the clients left, as the runtime left it
 	endGCKB   int64 // then, after a forced GC
 	peakConns int
+
+	// The runtime's account of its memory, fresh and after the clients
+	// left (both after a forced GC), summed over the servers.
+	baseMem, endMem memClasses
+	// profile, if not empty, is where heap profiles of the fresh server
+	// and of the server after the clients left are saved: profile +
+	// "-fresh.pb.gz" and profile + "-end.pb.gz".
+	profile string
+}
+
+// fresh has each server collect garbage and return free memory, and
+// records what it holds as the base of the scenario.
+func (m *memResult) fresh(servers []*server) {
+	for _, s := range servers {
+		p, st := s.gc()
+		m.baseKB += p.rssKB
+		m.baseMem = m.baseMem.plus(st.Mem)
+	}
+	if m.profile != "" && len(servers) > 0 {
+		saveProfile(servers[0], "/debug/pprof/heap", m.profile+"-fresh.pb.gz")
+	}
+}
+
+// profileName names the heap profiles of a scenario's server when
+// profiles are asked for (-profile), or returns "".
+func profileName(cfg *config, scenario string, t target) string {
+	if cfg.profileDir == "" {
+		return ""
+	}
+	return filepath.Join(cfg.profileDir, scenario+"-"+strings.TrimPrefix(t.proto, "realtime-")+"-heap")
 }
 
 // settle disconnects the clients, waits and samples the servers' memory.
 func settle(servers []*server, clients []*client, m *memResult, t target) {
 	closeAll(clients)
+	closeIdleHTTP()
 	wait := 5 * time.Second
 	if t.proto == "realtime-poll" {
 		// A long-poll session is forgotten its session timeout (30 s by
@@ -148,8 +179,12 @@ func settle(servers []*server, clients []*client, m *memResult, t target) {
 		m.endKB += s.sample().rssKB
 	}
 	for _, s := range servers {
-		p, _ := s.gc()
+		p, st := s.gc()
 		m.endGCKB += p.rssKB
+		m.endMem = m.endMem.plus(st.Mem)
+	}
+	if m.profile != "" && len(servers) > 0 {
+		saveProfile(servers[0], "/debug/pprof/heap", m.profile+"-end.pb.gz")
 	}
 }
 
@@ -236,7 +271,10 @@ func runIdle(ctx context.Context, t target, cfg *config) idleResult {
 	s := servers[0]
 	base, bst := s.gc()
 	r.baseKB, r.baseStats = base.rssKB, bst
-	r.mem.baseKB = base.rssKB
+	r.mem.baseKB, r.mem.baseMem = base.rssKB, bst.Mem
+	if r.mem.profile = profileName(cfg, "idle", t); r.mem.profile != "" {
+		saveProfile(s, "/debug/pprof/heap", r.mem.profile+"-fresh.pb.gz")
+	}
 	clients, took, err := connectAll(ctx, protocols[t.proto], s.addr, cfg.idleConns, func(i int) []int32 {
 		if t.server == "floor" {
 			return nil
@@ -338,10 +376,13 @@ func runFanout(ctx context.Context, t target, nodes, subs, msgs, size int, cfg *
 		return r
 	}
 	defer stopAll(servers)
-	for _, s := range servers {
-		p, _ := s.gc()
-		r.mem.baseKB += p.rssKB
+	if nodes == 1 {
+		r.mem.profile = profileName(cfg, "fanout", t)
+	} else {
+		// The first node's: the one publishes go through.
+		r.mem.profile = profileName(cfg, "crossnode-"+t.server, t)
 	}
+	r.mem.fresh(servers)
 	orderLanes = cfg.fanPublishers
 	defer func() { orderLanes = 1 }()
 	clients := make([]*client, 0, subs)
@@ -499,8 +540,8 @@ func runLatency(ctx context.Context, t target, cfg *config) latResult {
 	}
 	defer stopAll(servers)
 	s := servers[0]
-	base, _ := s.gc()
-	r.mem.baseKB = base.rssKB
+	r.mem.profile = profileName(cfg, "latency", t)
+	r.mem.fresh(servers)
 	clients, _, err := connectAll(ctx, protocols[t.proto], s.addr, cfg.latSubs, func(int) []int32 { return []int32{0} })
 	if err != nil {
 		r.err = err
@@ -578,8 +619,8 @@ func runChannels(ctx context.Context, t target, cfg *config) chanResult {
 	}
 	defer stopAll(servers)
 	s := servers[0]
-	base, _ := s.gc()
-	r.mem.baseKB = base.rssKB
+	r.mem.profile = profileName(cfg, "channels", t)
+	r.mem.fresh(servers)
 	rng := rand.New(rand.NewPCG(6, 6))
 	members := make([]int64, cfg.chChannels)
 	memberships := make([][]int32, cfg.chConns)

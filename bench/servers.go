@@ -13,6 +13,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -48,6 +49,97 @@ type serverStats struct {
 	Sys        uint64 `json:"sys"`
 	NumGC      uint32 `json:"numGC"`
 	Dropped    int64  `json:"dropped"`
+
+	// Mem splits the memory the runtime holds (runtime/metrics).
+	Mem memClasses `json:"mem"`
+}
+
+// memClasses is the runtime's account of its memory, from
+// runtime/metrics: what of it is resident (everything but Released) and
+// what holds it.
+type memClasses struct {
+	HeapObjects  uint64 `json:"heapObjects"`  // live objects, and dead ones not yet swept
+	HeapUnused   uint64 `json:"heapUnused"`   // free slots in spans that hold objects: fragmentation
+	HeapFree     uint64 `json:"heapFree"`     // free pages not returned to the OS
+	HeapReleased uint64 `json:"heapReleased"` // free pages returned to the OS: not resident
+	Stacks       uint64 `json:"stacks"`       // goroutine stacks, in use and cached
+	OSStacks     uint64 `json:"osStacks"`     // stacks the OS allocated for threads
+	Metadata     uint64 `json:"metadata"`     // spans, mcaches, GC and heap metadata
+	MSpan        uint64 `json:"mspan"`        // of which span structures, in use and free
+	Profiling    uint64 `json:"profiling"`    // profiling buckets
+	Other        uint64 `json:"other"`        // the rest: network poller descriptors, traces, ...
+	Total        uint64 `json:"total"`
+	Threads      uint64 `json:"threads"`
+	Created      uint64 `json:"created"` // goroutines ever created
+}
+
+func (m memClasses) plus(o memClasses) memClasses {
+	return memClasses{
+		HeapObjects:  m.HeapObjects + o.HeapObjects,
+		HeapUnused:   m.HeapUnused + o.HeapUnused,
+		HeapFree:     m.HeapFree + o.HeapFree,
+		HeapReleased: m.HeapReleased + o.HeapReleased,
+		Stacks:       m.Stacks + o.Stacks,
+		OSStacks:     m.OSStacks + o.OSStacks,
+		Metadata:     m.Metadata + o.Metadata,
+		MSpan:        m.MSpan + o.MSpan,
+		Profiling:    m.Profiling + o.Profiling,
+		Other:        m.Other + o.Other,
+		Total:        m.Total + o.Total,
+		Threads:      m.Threads + o.Threads,
+		Created:      m.Created + o.Created,
+	}
+}
+
+// resident is the memory the runtime holds that is backed by RAM, as far
+// as it knows: all it mapped but what it returned to the OS.
+func (m memClasses) resident() uint64 { return m.Total - m.HeapReleased }
+
+func readMemClasses() memClasses {
+	names := []string{
+		"/memory/classes/heap/objects:bytes",
+		"/memory/classes/heap/unused:bytes",
+		"/memory/classes/heap/free:bytes",
+		"/memory/classes/heap/released:bytes",
+		"/memory/classes/heap/stacks:bytes",
+		"/memory/classes/os-stacks:bytes",
+		"/memory/classes/metadata/mcache/free:bytes",
+		"/memory/classes/metadata/mcache/inuse:bytes",
+		"/memory/classes/metadata/mspan/free:bytes",
+		"/memory/classes/metadata/mspan/inuse:bytes",
+		"/memory/classes/metadata/other:bytes",
+		"/memory/classes/other:bytes",
+		"/memory/classes/profiling/buckets:bytes",
+		"/memory/classes/total:bytes",
+		"/sched/threads/total:threads",
+		"/sched/goroutines-created:goroutines",
+	}
+	samples := make([]metrics.Sample, len(names))
+	for i, n := range names {
+		samples[i].Name = n
+	}
+	metrics.Read(samples)
+	v := func(i int) uint64 {
+		if samples[i].Value.Kind() != metrics.KindUint64 {
+			return 0
+		}
+		return samples[i].Value.Uint64()
+	}
+	return memClasses{
+		HeapObjects:  v(0),
+		HeapUnused:   v(1),
+		HeapFree:     v(2),
+		HeapReleased: v(3),
+		Stacks:       v(4),
+		OSStacks:     v(5),
+		Metadata:     v(6) + v(7) + v(8) + v(9) + v(10),
+		MSpan:        v(8) + v(9),
+		Profiling:    v(12),
+		Other:        v(11),
+		Total:        v(13),
+		Threads:      v(14),
+		Created:      v(15),
+	}
 }
 
 // runServer serves one implementation until the process is killed. It
@@ -126,6 +218,7 @@ func writeStats(w http.ResponseWriter, dropped *atomic.Int64) {
 		Sys:        ms.Sys,
 		NumGC:      ms.NumGC,
 		Dropped:    dropped.Load(),
+		Mem:        readMemClasses(),
 	})
 }
 
