@@ -3,6 +3,7 @@ package realtime
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 )
 
@@ -175,7 +176,13 @@ func (c *Conn) write() {
 			buf = framePool.Get().(*[]byte)
 			continue
 		}
-		data := append((*buf)[:0], '[')
+		// Sized once: growing by appends would copy the frame over and
+		// over, for every buffer the pool has lost to a collection.
+		size := len(batch) + 1
+		for _, it := range batch {
+			size += len(it.data)
+		}
+		data := append(slices.Grow((*buf)[:0], size), '[')
 		for i, it := range batch {
 			if i > 0 {
 				data = append(data, ',')
