@@ -37,6 +37,7 @@ func main() {
 		cfg config
 	)
 	flag.IntVar(&cfg.idleConns, "idle-conns", 10000, "scenario 1: idle connections")
+	flag.IntVar(&cfg.idleMax, "idle-max", 0, "scenario 1: also this many, the most a process may hold (0: the open-files limit less a margin; negative: none)")
 	flag.IntVar(&cfg.fanSubs, "fanout-subs", 1000, "scenarios 2 and 5: subscribers of the channel")
 	flag.IntVar(&cfg.fanMsgs, "fanout-msgs", 2000, "scenarios 2 and 5: messages published")
 	flag.IntVar(&cfg.fanSize, "fanout-size", 128, "scenarios 2 and 5: payload bytes")
@@ -127,12 +128,18 @@ func main() {
 		if cfg.peers {
 			ts = append(ts, tCentrifuge, tMelody, tCoalesce, tFloor)
 		}
-		for _, t := range ts {
-			progress("idle: %s, %d connections", t.label, cfg.idleConns)
-			r := runIdle(ctx, t, &cfg)
-			logErr(r.err)
-			rep.idle = append(rep.idle, r)
-			pause()
+		counts := []int{cfg.idleConns}
+		if most := idleMost(cfg.idleMax); most > cfg.idleConns {
+			counts = append(counts, most)
+		}
+		for _, n := range counts {
+			for _, t := range ts {
+				progress("idle: %s, %d connections", t.label, n)
+				r := runIdle(ctx, t, n, &cfg)
+				logErr(r.err)
+				rep.idle = append(rep.idle, r)
+				pause()
+			}
 		}
 	}
 	if want["fanout"] {

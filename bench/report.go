@@ -99,11 +99,11 @@ func (rep *report) markdown() string {
 
 	if len(rep.idle) > 0 {
 		p("### 1. Idle connections\n\n")
-		p("Each connection has joined one of 100 channels (the floor joins nothing). RSS from /proc after 3 s of quiet: as the runtime left it, and after a forced GC that returns free memory to the OS. KB are KiB.\n\n")
+		p("Each connection has joined one of 100 channels (the floor joins nothing). RSS from /proc after 3 s of quiet: as the runtime left it, and after a forced GC that returns free memory to the OS. KB are KiB. The second count, where there is one, is the most connections one process can hold here: the open-files limit less a margin (the driver holds the other ends under the same limit).\n\n")
 		p("| server | conns | connect time | base RSS MB | KB/conn | KB/conn after GC | Go heap KB/conn | stacks KB/conn | goroutines | realtime ws ÷ this (after GC) | RSS after clients left MB (as is / after GC) |\n")
 		p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-		ref := rep.idleRef()
 		for _, r := range rep.idle {
+			ref := rep.idleRef(r.conns)
 			if r.err != nil {
 				p("| %s | %d | error: %s | | | | | | | | |\n", r.target.label, r.conns, oneLine(r.err))
 				continue
@@ -199,9 +199,9 @@ func oneLine(err error) string {
 	return strings.ReplaceAll(strings.ReplaceAll(err.Error(), "|", "/"), "\n", " ")
 }
 
-func (rep *report) idleRef() float64 {
+func (rep *report) idleRef(conns int) float64 {
 	for _, r := range rep.idle {
-		if r.target == tRealtimeWS && r.err == nil {
+		if r.target == tRealtimeWS && r.conns == conns && r.err == nil {
 			return r.perConn()
 		}
 	}
@@ -264,9 +264,9 @@ func (rep *report) targets(b *strings.Builder) {
 		}
 		switch r.target {
 		case tRealtimeWS:
-			rows = append(rows, row{"idle WebSocket ≤ 12 KB/conn", fmt.Sprintf("%.1f KB after GC, %.1f KB as is", r.perConn(), r.perConnRaw()), verdict(r.perConn() <= 12)})
+			rows = append(rows, row{fmt.Sprintf("idle WebSocket ≤ 12 KB/conn (%d connections)", r.conns), fmt.Sprintf("%.1f KB after GC, %.1f KB as is", r.perConn(), r.perConnRaw()), verdict(r.perConn() <= 12)})
 		case tRealtimeSSE:
-			rows = append(rows, row{"idle SSE (HTTP/1.1) ≤ 16 KB/conn", fmt.Sprintf("%.1f KB after GC, %.1f KB as is", r.perConn(), r.perConnRaw()), verdict(r.perConn() <= 16)})
+			rows = append(rows, row{fmt.Sprintf("idle SSE (HTTP/1.1) ≤ 16 KB/conn (%d connections)", r.conns), fmt.Sprintf("%.1f KB after GC, %.1f KB as is", r.perConn(), r.perConnRaw()), verdict(r.perConn() <= 16)})
 		}
 	}
 	find := func(rows []fanoutResult, t target) *fanoutResult {
@@ -330,7 +330,7 @@ func (rep *report) targets(b *strings.Builder) {
 	}
 	for _, r := range rep.idle {
 		if r.target.server == "realtime" && r.err == nil {
-			check("idle "+r.target.label, 0, r.mem)
+			check(fmt.Sprintf("idle %s %d", r.target.label, r.conns), 0, r.mem)
 		}
 	}
 	for _, r := range rep.fanout {
@@ -392,7 +392,7 @@ func (rep *report) retained(b *strings.Builder) {
 		}
 	}
 	for _, r := range rep.idle {
-		add("idle", r.target, r.mem)
+		add(fmt.Sprintf("idle %d", r.conns), r.target, r.mem)
 	}
 	for _, r := range rep.fanout {
 		add("fan-out", r.target, r.mem)

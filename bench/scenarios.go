@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -44,6 +45,7 @@ var (
 // config holds the sizes of every scenario.
 type config struct {
 	idleConns int
+	idleMax   int // 0: from the open-files limit
 
 	fanSubs, fanMsgs, fanSize, fanBatch, fanPublishers, fanRuns int
 
@@ -260,8 +262,23 @@ func (r idleResult) perConnRaw() float64 {
 	return float64(r.rawKB-r.baseKB) / float64(r.conns)
 }
 
-func runIdle(ctx context.Context, t target, cfg *config) idleResult {
-	r := idleResult{target: t, conns: cfg.idleConns}
+// idleMost is the second connection count of scenario 1: max, or if it
+// is 0 the most connections one process can hold under its open-files
+// limit, less a margin for everything else it has open. The driver and
+// each server have the same limit.
+func idleMost(max int) int {
+	if max != 0 {
+		return max
+	}
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 0
+	}
+	return int(lim.Cur) - 600
+}
+
+func runIdle(ctx context.Context, t target, n int, cfg *config) idleResult {
+	r := idleResult{target: t, conns: n}
 	servers, err := startServers(t, 1, cfg)
 	if err != nil {
 		r.err = err
@@ -275,7 +292,7 @@ func runIdle(ctx context.Context, t target, cfg *config) idleResult {
 	if r.mem.profile = profileName(cfg, "idle", t); r.mem.profile != "" {
 		saveProfile(s, "/debug/pprof/heap", r.mem.profile+"-fresh.pb.gz")
 	}
-	clients, took, err := connectAll(ctx, protocols[t.proto], s.addr, cfg.idleConns, func(i int) []int32 {
+	clients, took, err := connectAll(ctx, protocols[t.proto], s.addr, n, func(i int) []int32 {
 		if t.server == "floor" {
 			return nil
 		}
