@@ -31,7 +31,7 @@ func main() {
 		prefix     = flag.String("prefix", "", "key prefix on the shared broker (default: one per run)")
 		out        = flag.String("out", "results", "directory for latest.md and profiles")
 		doc        = flag.String("doc", "BENCHMARKS.md", "file whose results section a run of all scenarios replaces (empty: none)")
-		profile    = flag.Bool("profile", false, "save pprof profiles in -out: this project's idle heap and its fan-out, many-channels and cross-node CPU, and every server's heap fresh and after its clients left")
+		profile    = flag.Bool("profile", false, "save pprof profiles in -out: this project's idle heap and its fan-out, latency, many-channels and cross-node CPU, and every server's heap fresh and after its clients left")
 		peers      = flag.Bool("peers", true, "measure the peers too (false: this project only)")
 
 		cfg config

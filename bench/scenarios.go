@@ -568,7 +568,16 @@ func runLatency(ctx context.Context, t target, cfg *config) latResult {
 	pctx, cancel := context.WithCancel(ctx)
 	peak := rssPeak(pctx, []int{s.pid()}, 200*time.Millisecond)
 	var seq int64
-	for _, rate := range cfg.latRates {
+	for i, rate := range cfg.latRates {
+		var profDone chan struct{}
+		if cfg.profileDir != "" && t == tRealtimeWS {
+			profDone = make(chan struct{})
+			go func() {
+				defer close(profDone)
+				secs := max(1, int(cfg.latDur/time.Second)-1)
+				saveProfile(s, "/debug/pprof/profile?seconds="+itoa(secs), filepath.Join(cfg.profileDir, "latency-ws-cpu-"+itoa(i)+".pb.gz"))
+			}()
+		}
 		ph := latPhase{rate: rate}
 		for _, c := range clients {
 			c.startRecording()
@@ -596,6 +605,9 @@ func runLatency(ctx context.Context, t target, cfg *config) latResult {
 		after := awaitDeliveries(clients, before.recv+ph.expected, 5*time.Second, 60*time.Second)
 		s1 := s.sample()
 		ph.serverCPU, ph.serverSys, ph.loadCPU = s1.cpu-s0.cpu, s1.sys-s0.sys, selfCPU()-load0
+		if profDone != nil {
+			<-profDone
+		}
 		ph.got = tally{recv: after.recv - before.recv, dup: after.dup - before.dup,
 			reordered: after.reordered - before.reordered, closed: after.closed - before.closed}
 		for _, c := range clients {
