@@ -385,7 +385,9 @@ func readCloseError(err error) (CloseCode, string) {
 // pinger checks that the peer of one connection is alive. It holds a
 // timer, not a goroutine. Every PingInterval it sends a ping; if no input
 // at all has arrived from the client PongTimeout later (a pong or
-// anything else), the connection is dropped.
+// anything else), the connection is dropped. Input waiting unread on the
+// socket counts too: the reader may be held in a hook meanwhile, and a
+// client that answered is not dead for it.
 type pinger struct {
 	s *wsHandler
 	c *Conn
@@ -417,7 +419,7 @@ func (p *pinger) tick() {
 	}
 	if p.waiting {
 		p.waiting = false
-		alive := p.t.input.Load() != p.input
+		alive := p.t.input.Load() != p.input || p.t.inputWaiting()
 		if alive {
 			p.timer.Reset(p.s.opts.PingInterval)
 		}
@@ -521,6 +523,17 @@ func (t *wsTransport) takePong() bool {
 	}
 	t.input.Add(1)
 	return true
+}
+
+// inputWaiting reports whether bytes from the client wait on the socket,
+// unread (under TLS, on the socket beneath it). It does not wait.
+func (t *wsTransport) inputWaiting() bool {
+	conn := t.conn
+	if tc, ok := conn.(interface{ NetConn() net.Conn }); ok {
+		conn = tc.NetConn()
+	}
+	var b [1]byte
+	return peekSocket(conn, b[:]) > 0
 }
 
 // receive passes a frame to the hub unless the transport is closing. It

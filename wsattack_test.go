@@ -1,0 +1,379 @@
+package realtime_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/realtimekit/realtime"
+)
+
+// strictWS is a hand-made WebSocket client over a raw connection: it
+// writes frames byte by byte as a test wants them, and checks every
+// frame the server sends against RFC 6455.
+type strictWS struct {
+	t    testing.TB
+	conn net.Conn
+	br   *bufio.Reader
+}
+
+// upgradeRequest is a WebSocket handshake for the endpoint at path.
+func upgradeRequest(path string) []byte {
+	return []byte(fmt.Sprintf("GET %s HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: %s\r\n\r\n",
+		path, realtime.Subprotocol))
+}
+
+// dialStrict connects to th's WebSocket endpoint over conn, writing the
+// handshake followed by early, each in the pieces split gives.
+func dialStrict(t testing.TB, conn net.Conn, early []byte, split func([]byte) [][]byte) *strictWS {
+	t.Helper()
+	t.Cleanup(func() { conn.Close() })
+	msg := append(upgradeRequest("/rt/ws"), early...)
+	if split == nil {
+		split = func(b []byte) [][]byte { return [][]byte{b} }
+	}
+	for _, p := range split(msg) {
+		_, err := conn.Write(p)
+		require.NoError(t, err)
+	}
+	c := &strictWS{t: t, conn: conn, br: bufio.NewReader(conn)}
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(c.br, nil)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
+	return c
+}
+
+// clientFrame is a masked frame; fin false makes a fragment.
+func clientFrame(fin bool, op byte, payload []byte) []byte {
+	b0 := op
+	if fin {
+		b0 |= 0x80
+	}
+	b := []byte{b0}
+	switch n := len(payload); {
+	case n < 126:
+		b = append(b, 0x80|byte(n))
+	case n < 1<<16:
+		b = append(b, 0x80|126, byte(n>>8), byte(n))
+	default:
+		b = append(b, 0x80|127)
+		b = binary.BigEndian.AppendUint64(b, uint64(n))
+	}
+	mask := [4]byte{0x37, 0xfa, 0x21, 0x3d}
+	b = append(b, mask[:]...)
+	for i, c := range payload {
+		b = append(b, c^mask[i%4])
+	}
+	return b
+}
+
+func (c *strictWS) write(b []byte) {
+	c.t.Helper()
+	_, err := c.conn.Write(b)
+	require.NoError(c.t, err)
+}
+
+// frame reads one server frame and checks that it is well formed.
+func (c *strictWS) frame() (op byte, payload []byte, err error) {
+	c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var h [2]byte
+	if _, err = io.ReadFull(c.br, h[:]); err != nil {
+		return
+	}
+	op = h[0] & 0x0f
+	if h[0]&0x70 != 0 {
+		return op, nil, fmt.Errorf("reserved bits set: %#x", h[0])
+	}
+	if h[1]&0x80 != 0 {
+		return op, nil, fmt.Errorf("server frame masked")
+	}
+	switch op {
+	case 0x1, 0x2:
+	case 0x8, 0x9, 0xa:
+		if h[0]&0x80 == 0 || h[1]&0x7f > 125 {
+			return op, nil, fmt.Errorf("bad control frame %#x %#x", h[0], h[1])
+		}
+	default:
+		return op, nil, fmt.Errorf("unexpected opcode %#x", op)
+	}
+	if h[0]&0x80 == 0 {
+		return op, nil, fmt.Errorf("server fragmented a message")
+	}
+	n := uint64(h[1] & 0x7f)
+	switch n {
+	case 126:
+		var e [2]byte
+		if _, err = io.ReadFull(c.br, e[:]); err != nil {
+			return
+		}
+		n = uint64(binary.BigEndian.Uint16(e[:]))
+		if n < 126 {
+			return op, nil, fmt.Errorf("non-minimal length %d", n)
+		}
+	case 127:
+		var e [8]byte
+		if _, err = io.ReadFull(c.br, e[:]); err != nil {
+			return
+		}
+		n = binary.BigEndian.Uint64(e[:])
+		if n < 1<<16 || n>>63 != 0 {
+			return op, nil, fmt.Errorf("bad 8-byte length %d", n)
+		}
+	}
+	payload = make([]byte, n)
+	_, err = io.ReadFull(c.br, payload)
+	if err == nil && op == 0x1 {
+		var v []map[string]any
+		if jerr := json.Unmarshal(payload, &v); jerr != nil {
+			err = fmt.Errorf("text frame is no JSON array: %w: %.80q", jerr, payload)
+		}
+	}
+	return
+}
+
+// until reads frames until one is a text frame containing want, and
+// returns the pings seen on the way; it answers none of them.
+func (c *strictWS) until(want string) (pings int, pongs [][]byte) {
+	c.t.Helper()
+	for {
+		op, p, err := c.frame()
+		require.NoError(c.t, err)
+		switch op {
+		case 0x9:
+			pings++
+		case 0xa:
+			pongs = append(pongs, p)
+		case 0x8:
+			c.t.Fatalf("closed while waiting for %s: %q", want, p)
+		case 0x1:
+			if strings.Contains(string(p), want) {
+				return
+			}
+		}
+	}
+}
+
+func tcpAddr(th *testHub) string { return strings.TrimPrefix(th.srv.URL, "http://") }
+
+// Frames split at every byte boundary, the first ones pipelined with the
+// upgrade request, with control frames between the fragments of a
+// message: the server reads them all, answers the client's ping with its
+// payload, and takes no pong for data.
+func TestWebSocketSplitFramesAndInterleavedControl(t *testing.T) {
+	t.Parallel()
+	th := newTestHub(t, nil, nil)
+	pongPayload := bytes.Repeat([]byte{'p'}, 125)
+	var stream []byte
+	stream = append(stream, clientFrame(true, 0xa, pongPayload)...)            // unsolicited pong
+	stream = append(stream, clientFrame(false, 0x1, []byte(`[{"type":"p`))...) // first fragment
+	stream = append(stream, clientFrame(true, 0xa, nil)...)                    // pong between fragments
+	stream = append(stream, clientFrame(true, 0x9, []byte("hello"))...)        // ping between fragments
+	stream = append(stream, clientFrame(false, 0x0, []byte(`ing","id":`))...)
+	stream = append(stream, clientFrame(true, 0xa, pongPayload[:7])...)
+	stream = append(stream, clientFrame(true, 0x0, []byte(`1}]`))...)
+	stream = append(stream, clientFrame(true, 0x1, []byte(`{"type":"ping","id":2}`))...)
+
+	for _, cut := range []int{0, 1, 2, 3, 7, 50, 131, 140} {
+		t.Run(fmt.Sprint("cut", cut), func(t *testing.T) {
+			conn, err := net.Dial("tcp", tcpAddr(th))
+			require.NoError(t, err)
+			// Pipeline the first cut bytes with the request, then the rest
+			// one byte at a time, pausing now and then so that pieces
+			// arrive as separate segments.
+			c := dialStrict(t, conn, stream[:cut], nil)
+			go func() {
+				for i := cut; i < len(stream); i++ {
+					if _, err := conn.Write(stream[i : i+1]); err != nil {
+						return
+					}
+					if i%9 == 0 {
+						time.Sleep(time.Millisecond)
+					}
+				}
+			}()
+			_, pongs := c.until(`"id":1`)
+			_, more := c.until(`"id":2`)
+			pongs = append(pongs, more...)
+			require.Equal(t, [][]byte{[]byte("hello")}, pongs)
+		})
+	}
+}
+
+// A pong whose frame arrives in two TCP segments, while the reader
+// waits between messages, is taken whole, and reading goes on.
+func TestWebSocketPongInTwoSegments(t *testing.T) {
+	t.Parallel()
+	th := newTestHub(t, nil, &realtime.WebSocketOptions{PingInterval: 50 * time.Millisecond, PongTimeout: 2 * time.Second})
+	conn, err := net.Dial("tcp", tcpAddr(th))
+	require.NoError(t, err)
+	c := dialStrict(t, conn, nil, nil)
+	c.until("welcome")
+	pong := clientFrame(true, 0xa, bytes.Repeat([]byte{'x'}, 125))
+	for i := 0; i < 5; i++ {
+		cut := 1 + i*31
+		c.write(pong[:cut])
+		time.Sleep(20 * time.Millisecond)
+		c.write(pong[cut:])
+		time.Sleep(20 * time.Millisecond)
+	}
+	c.write(clientFrame(true, 0x1, []byte(`{"type":"ping","id":9}`)))
+	pings, _ := c.until(`"id":9`)
+	_ = pings
+}
+
+// A client that reads but never answers pings is dropped with
+// ClosePingTimeout after about PingInterval+PongTimeout.
+func TestWebSocketSilentClientDropped(t *testing.T) {
+	t.Parallel()
+	th := newTestHub(t, nil, &realtime.WebSocketOptions{PingInterval: 100 * time.Millisecond, PongTimeout: 100 * time.Millisecond})
+	conn, err := net.Dial("tcp", tcpAddr(th))
+	require.NoError(t, err)
+	start := time.Now()
+	c := dialStrict(t, conn, nil, nil)
+	var id string
+	for id == "" {
+		op, p, err := c.frame()
+		require.NoError(t, err)
+		if op == 0x1 {
+			var m []map[string]any
+			require.NoError(t, json.Unmarshal(p, &m))
+			id, _ = m[0]["conn"].(string)
+		}
+	}
+	th.waitConnsWithin(t, 0, 3*time.Second)
+	assert.GreaterOrEqual(t, time.Since(start), 200*time.Millisecond)
+	reason, ok := th.disconnect(id)
+	require.True(t, ok)
+	assert.Equal(t, realtime.ClosePingTimeout, reason.Code)
+}
+
+// The client answers every ping at once, while the server's reader is
+// held in a hook for longer than the pong timeout: the client is alive,
+// its answers are on the socket, and it must not be dropped as dead.
+func TestWebSocketPongsCountWhileHookBlocks(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	var once sync.Once
+	th := newTestHub(t, &realtime.Options{
+		OnMessage: func(ctx context.Context, c *realtime.Conn, data []byte) error {
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+			return nil
+		},
+	}, &realtime.WebSocketOptions{PingInterval: 50 * time.Millisecond, PongTimeout: 100 * time.Millisecond})
+	defer once.Do(func() { close(release) })
+	conn, err := net.Dial("tcp", tcpAddr(th))
+	require.NoError(t, err)
+	c := dialStrict(t, conn, nil, nil)
+	c.until("welcome")
+	c.write(clientFrame(true, 0x1, []byte(`{"type":"send","id":1,"data":1}`)))
+	deadline := time.Now().Add(800 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		op, p, err := c.frame()
+		require.NoError(t, err, "the server dropped a client that answered its pings")
+		require.NotEqual(t, byte(0x8), op, "closed: %q", p)
+		if op == 0x9 {
+			c.write(clientFrame(true, 0xa, p))
+		}
+	}
+	require.Len(t, th.Conns(), 1)
+	once.Do(func() { close(release) })
+	c.write(clientFrame(true, 0x1, []byte(`{"type":"ping","id":3}`)))
+	for {
+		op, p, err := c.frame()
+		require.NoError(t, err)
+		if op == 0x9 {
+			c.write(clientFrame(true, 0xa, p))
+		}
+		if op == 0x1 && strings.Contains(string(p), `"id":3`) {
+			break
+		}
+	}
+}
+
+// Over TLS (no *net.TCPConn under the WebSocket: the copying write path,
+// no socket peeking), large messages with 8-byte lengths go both ways,
+// pings interleave with them and every frame the client reads is whole.
+func TestWebSocketOverTLS(t *testing.T) {
+	t.Parallel()
+	hub, err := realtime.New(&realtime.Options{MaxMessageSize: 200 << 10, QueueBytes: 4 << 20})
+	require.NoError(t, err)
+	mux := http.NewServeMux()
+	mux.Handle("/rt/", realtime.NewHandler(hub, &realtime.HandlerOptions{
+		WebSocket: &realtime.WebSocketOptions{PingInterval: 5 * time.Millisecond, PongTimeout: 2 * time.Second},
+	}))
+	srv := httptest.NewTLSServer(mux)
+	t.Cleanup(func() {
+		require.NoError(t, hub.Close())
+		srv.Close()
+	})
+	conn, err := tls.Dial("tcp", strings.TrimPrefix(srv.URL, "https://"), &tls.Config{InsecureSkipVerify: true})
+	require.NoError(t, err)
+	c := dialStrict(t, conn, nil, nil)
+	c.until("welcome")
+	var answered sync.WaitGroup
+	var wmu sync.Mutex
+	send := func(b []byte) {
+		wmu.Lock()
+		defer wmu.Unlock()
+		_, err := conn.Write(b)
+		assert.NoError(t, err)
+	}
+	send(clientFrame(true, 0x1, []byte(`{"type":"join","id":1,"channel":"big"}`)))
+	c.until(`"joined"`)
+	data := strings.Repeat("z", 150<<10)
+	for i := 0; i < 5; i++ {
+		answered.Add(1)
+		go func() {
+			defer answered.Done()
+			send(clientFrame(true, 0x1, []byte(fmt.Sprintf(`{"type":"publish","id":%d,"channel":"big","data":"%s"}`, 10+i, data))))
+		}()
+		got := 0
+		for got < 2 { // the ack and the message, in either order
+			op, p, err := c.frame()
+			require.NoError(t, err)
+			if op == 0x9 {
+				go send(clientFrame(true, 0xa, p))
+			}
+			if op == 0x1 && (strings.Contains(string(p), fmt.Sprintf(`"id":%d`, 10+i)) || strings.Contains(string(p), data)) {
+				got++
+			}
+		}
+	}
+	answered.Wait()
+	// A graceful close arrives as a close frame with its code.
+	for _, cn := range hub.Conns() {
+		cn.Close(realtime.CloseNormal, "bye")
+	}
+	for {
+		op, p, err := c.frame()
+		require.NoError(t, err)
+		if op == 0x8 {
+			require.GreaterOrEqual(t, len(p), 2)
+			assert.Equal(t, uint16(realtime.CloseNormal), binary.BigEndian.Uint16(p))
+			break
+		}
+	}
+}
+
+var _ = websocket.StatusNormalClosure
