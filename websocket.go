@@ -20,8 +20,9 @@ import (
 // WebSocketOptions configures the WebSocket transport. The zero value of
 // every field means its default; nil means all defaults.
 type WebSocketOptions struct {
-	// PingInterval is how often the server pings an idle or busy client.
-	// The default, 0, is 25 seconds.
+	// PingInterval is how often the server pings an idle or busy client
+	// (every PongTimeout if that is longer). The default, 0, is 25
+	// seconds.
 	PingInterval time.Duration
 
 	// PongTimeout is how long the client has to answer a ping before the
@@ -421,7 +422,8 @@ func (p *pinger) tick() {
 		p.waiting = false
 		alive := p.t.input.Load() != p.input || p.t.inputWaiting()
 		if alive {
-			p.timer.Reset(p.s.opts.PingInterval)
+			// The next ping goes out PingInterval after this one.
+			p.timer.Reset(max(p.s.opts.PingInterval-p.s.opts.PongTimeout, 0))
 		}
 		p.mu.Unlock()
 		if !alive {

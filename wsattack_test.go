@@ -377,3 +377,28 @@ func TestWebSocketOverTLS(t *testing.T) {
 }
 
 var _ = websocket.StatusNormalClosure
+
+// Pings go out every PingInterval, as documented, not every
+// PingInterval+PongTimeout: intermediaries that drop idle connections are
+// configured against the interval.
+func TestWebSocketPingsEveryInterval(t *testing.T) {
+	t.Parallel()
+	const interval, timeout = 300 * time.Millisecond, 250 * time.Millisecond
+	th := newTestHub(t, nil, &realtime.WebSocketOptions{PingInterval: interval, PongTimeout: timeout})
+	conn, err := net.Dial("tcp", tcpAddr(th))
+	require.NoError(t, err)
+	c := dialStrict(t, conn, nil, nil)
+	var at []time.Time
+	for len(at) < 5 {
+		op, p, err := c.frame()
+		require.NoError(t, err)
+		if op == 0x9 {
+			at = append(at, time.Now())
+			c.write(clientFrame(true, 0xa, p))
+		}
+	}
+	avg := at[4].Sub(at[0]) / 4
+	t.Logf("pings every %v", avg)
+	assert.Less(t, avg, interval+timeout/2, "pings every %v with PingInterval %v", avg, interval)
+	assert.Greater(t, avg, interval-50*time.Millisecond)
+}
