@@ -386,9 +386,10 @@ func readCloseError(err error) (CloseCode, string) {
 // pinger checks that the peer of one connection is alive. It holds a
 // timer, not a goroutine. Every PingInterval it sends a ping; if no input
 // at all has arrived from the client PongTimeout later (a pong or
-// anything else), the connection is dropped. Input waiting unread on the
-// socket counts too: the reader may be held in a hook meanwhile, and a
-// client that answered is not dead for it.
+// anything else), the connection is dropped. While a hook holds the
+// reader, input that arrived and waits unread on the socket counts too (as
+// far as wsUnreadPeek bytes tell): a client that answered is not dead for
+// the hook being slow.
 type pinger struct {
 	s *wsHandler
 	c *Conn
@@ -399,6 +400,7 @@ type pinger struct {
 	stopped bool
 	waiting bool          // a ping is out; the timer checks for input
 	input   uint64        // the transport's input count when it went out
+	unread  int           // bytes waiting on the socket then, if the reader was in a hook
 	sending chan struct{} // closed when the ping being written is out
 }
 
@@ -420,7 +422,7 @@ func (p *pinger) tick() {
 	}
 	if p.waiting {
 		p.waiting = false
-		alive := p.t.input.Load() != p.input || p.t.inputWaiting()
+		alive := p.t.input.Load() != p.input || p.t.inReceive() && p.t.unread() > p.unread
 		if alive {
 			// The next ping goes out PingInterval after this one.
 			p.timer.Reset(max(p.s.opts.PingInterval-p.s.opts.PongTimeout, 0))
@@ -433,6 +435,10 @@ func (p *pinger) tick() {
 	}
 	p.waiting = true
 	p.input = p.t.input.Load()
+	p.unread = 0
+	if p.t.inReceive() {
+		p.unread = p.t.unread()
+	}
 	// Armed before the write: a write stuck on a vanished peer ends when
 	// the check drops the connection.
 	p.timer.Reset(p.s.opts.PongTimeout)
@@ -527,15 +533,28 @@ func (t *wsTransport) takePong() bool {
 	return true
 }
 
-// inputWaiting reports whether bytes from the client wait on the socket,
-// unread (under TLS, on the socket beneath it). It does not wait.
-func (t *wsTransport) inputWaiting() bool {
+// wsUnreadPeek is how many of the bytes waiting on the socket the pinger
+// counts.
+const wsUnreadPeek = 512
+
+// unread returns how many bytes from the client wait on the socket,
+// unread (under TLS, on the socket beneath it), up to wsUnreadPeek. It
+// does not wait.
+func (t *wsTransport) unread() int {
 	conn := t.conn
 	if tc, ok := conn.(interface{ NetConn() net.Conn }); ok {
 		conn = tc.NetConn()
 	}
-	var b [1]byte
-	return peekSocket(conn, b[:]) > 0
+	var b [wsUnreadPeek]byte
+	return peekSocket(conn, b[:])
+}
+
+// inReceive reports whether the reader is in Conn.Receive, perhaps in a
+// hook, and reads nothing meanwhile.
+func (t *wsTransport) inReceive() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.receiving
 }
 
 // receive passes a frame to the hub unless the transport is closing. It

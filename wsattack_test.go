@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -14,6 +15,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -401,4 +403,110 @@ func TestWebSocketPingsEveryInterval(t *testing.T) {
 	t.Logf("pings every %v", avg)
 	assert.Less(t, avg, interval+timeout/2, "pings every %v with PingInterval %v", avg, interval)
 	assert.Greater(t, avg, interval-50*time.Millisecond)
+}
+
+// Many connections with pings racing closes from every side: the
+// server's graceful and immediate closes and the client's close frames.
+// Every frame a strict client reads is whole, nothing follows the
+// server's close frame, and every connection ends.
+func TestWebSocketClosesRacePings(t *testing.T) {
+	t.Parallel()
+	th := newTestHub(t, nil, &realtime.WebSocketOptions{PingInterval: time.Millisecond, PongTimeout: 200 * time.Millisecond})
+	const n = 40
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		conn, err := net.Dial("tcp", tcpAddr(th))
+		require.NoError(t, err)
+		c := dialStrict(t, conn, nil, nil)
+		var id string
+		for id == "" {
+			op, p, err := c.frame()
+			require.NoError(t, err)
+			if op == 0x1 {
+				var m []map[string]any
+				require.NoError(t, json.Unmarshal(p, &m))
+				id, _ = m[0]["conn"].(string)
+			}
+		}
+		sc := th.Conn(id)
+		require.NotNil(t, sc)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var wmu sync.Mutex
+			write := func(b []byte) {
+				wmu.Lock()
+				defer wmu.Unlock()
+				conn.Write(b)
+			}
+			go func() {
+				for j := 0; j < 20; j++ {
+					write(clientFrame(true, 0x1, []byte(fmt.Sprintf(`{"type":"ping","id":%d}`, j+1))))
+				}
+				time.Sleep(time.Duration(i%7) * time.Millisecond)
+				switch i % 3 {
+				case 0:
+					sc.Close(realtime.CloseDisconnected, "bye")
+				case 1:
+					sc.CloseNow(realtime.CloseAbnormal, "gone")
+				case 2:
+					write(clientFrame(true, 0x8, []byte{0x0f, 0xa0, 'c'})) // 4000
+				}
+			}()
+			closed := false
+			for {
+				op, p, err := c.frame()
+				if err != nil {
+					if !errors.Is(err, io.EOF) && !errors.Is(err, syscall.ECONNRESET) {
+						assert.NoError(t, err)
+					}
+					return
+				}
+				if closed {
+					t.Errorf("frame %#x after the close frame", op)
+					return
+				}
+				switch op {
+				case 0x9:
+					write(clientFrame(true, 0xa, p))
+				case 0x8:
+					closed = true
+					if i%3 != 2 {
+						write(clientFrame(true, 0x8, p))
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	th.waitConns(t, 0)
+}
+
+// A peer vanishes while a hook holds the reader, with bytes it sent
+// earlier still unread: those are no answer to a later ping, and the
+// connection is dropped, which ends the hook waiting for it.
+func TestWebSocketVanishedPeerDroppedWhileHookBlocks(t *testing.T) {
+	t.Parallel()
+	th := newTestHub(t, &realtime.Options{
+		OnMessage: func(ctx context.Context, c *realtime.Conn, data []byte) error {
+			<-ctx.Done() // waits for its own connection to end
+			return nil
+		},
+	}, &realtime.WebSocketOptions{PingInterval: 50 * time.Millisecond, PongTimeout: 100 * time.Millisecond})
+	bh := newBlackhole(t, tcpAddr(th))
+	conn, err := net.Dial("tcp", bh.addr())
+	require.NoError(t, err)
+	c := dialStrict(t, conn, nil, nil)
+	c.until("welcome")
+	c.write(clientFrame(true, 0x1, []byte(`{"type":"send","id":1,"data":1}`)))
+	th.waitConns(t, 1)
+	time.Sleep(30 * time.Millisecond) // the hook holds the reader
+	// More than the read buffer takes: this frame waits on the socket.
+	c.write(clientFrame(true, 0x1, []byte(`{"type":"ping","id":2,"pad":"`+strings.Repeat("x", 500)+`"}`)))
+	time.Sleep(30 * time.Millisecond)
+	bh.freeze()
+	th.waitConnsWithin(t, 0, 3*time.Second)
+	for _, r := range th.disconnects {
+		assert.Equal(t, realtime.ClosePingTimeout, r.Code, "%v", r)
+	}
 }
