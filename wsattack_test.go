@@ -510,3 +510,31 @@ func TestWebSocketVanishedPeerDroppedWhileHookBlocks(t *testing.T) {
 		assert.Equal(t, realtime.ClosePingTimeout, r.Code, "%v", r)
 	}
 }
+
+// A slow consumer whose write is stuck (it stopped reading) ends soon
+// after its queue overflows, long before the write timeout: the close
+// frame waits behind the stuck write for at most the WebSocket library's
+// 5 s close timeout, which then closes the connection under the write.
+func TestWebSocketSlowConsumerWithStuckWriteEndsPromptly(t *testing.T) {
+	t.Parallel()
+	th := newTestHub(t, &realtime.Options{WriteTimeout: 30 * time.Second, MaxMessageSize: 64 << 10, QueueBytes: 1 << 20}, nil)
+	conn := dialSmallRcvBuf(t, th)
+	dialStrict(t, conn, nil, nil) // and never read again
+	th.waitConns(t, 1)
+	c := th.Conns()[0]
+	require.NoError(t, c.Join(ctxT(t), "room"))
+	data := []byte(`"` + strings.Repeat("x", 60<<10) + `"`)
+	for c.Context().Err() == nil {
+		_, err := th.Publish(ctxT(t), "room", data)
+		require.NoError(t, err)
+	}
+	start := time.Now()
+	select {
+	case <-c.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the connection did not end")
+	}
+	t.Logf("ended %v after closing began: %v", time.Since(start), c.Reason())
+	assert.Equal(t, realtime.CloseSlowConsumer, c.Reason().Code)
+	assert.Less(t, time.Since(start), 7*time.Second)
+}
