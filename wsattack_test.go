@@ -24,6 +24,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/realtimekit/realtime"
+	"github.com/realtimekit/realtime/client"
 )
 
 // strictWS is a hand-made WebSocket client over a raw connection: it
@@ -537,4 +538,107 @@ func TestWebSocketSlowConsumerWithStuckWriteEndsPromptly(t *testing.T) {
 	t.Logf("ended %v after closing began: %v", time.Since(start), c.Reason())
 	assert.Equal(t, realtime.CloseSlowConsumer, c.Reason().Code)
 	assert.Less(t, time.Since(start), 7*time.Second)
+}
+
+// A write that outlasts WriteTimeout is aborted by closing the socket
+// under it; the connection ends with the write's reason, not with the
+// read error the closed socket gives its reader.
+func TestWebSocketWriteTimeoutReason(t *testing.T) {
+	t.Parallel()
+	th := newTestHub(t, &realtime.Options{WriteTimeout: 300 * time.Millisecond, QueueBytes: 64 << 20, QueueMessages: 1 << 16}, nil)
+	conn := dialSmallRcvBuf(t, th)
+	dialStrict(t, conn, nil, nil) // and never read again
+	th.waitConns(t, 1)
+	c := th.Conns()[0]
+	require.NoError(t, c.Join(ctxT(t), "room"))
+	data := []byte(`"` + strings.Repeat("x", 32<<10) + `"`)
+	for i := 0; i < 300 && c.Context().Err() == nil; i++ {
+		_, err := th.Publish(ctxT(t), "room", data)
+		require.NoError(t, err)
+	}
+	select {
+	case <-c.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the connection did not end")
+	}
+	assert.Equal(t, realtime.CloseError{Code: realtime.CloseAbnormal, Reason: "write timed out"}, c.Reason())
+}
+
+// The Go client over wss: members of a channel get every message in
+// order, large ones included, while pings run often.
+func TestWebSocketGoClientOverTLS(t *testing.T) {
+	t.Parallel()
+	hub, err := realtime.New(&realtime.Options{MaxMessageSize: 200 << 10, QueueBytes: 8 << 20})
+	require.NoError(t, err)
+	mux := http.NewServeMux()
+	mux.Handle("/rt/", realtime.NewHandler(hub, &realtime.HandlerOptions{
+		WebSocket: &realtime.WebSocketOptions{PingInterval: 3 * time.Millisecond, PongTimeout: time.Second},
+	}))
+	srv := httptest.NewTLSServer(mux)
+	t.Cleanup(func() {
+		require.NoError(t, hub.Close())
+		srv.Close()
+	})
+	url := "wss" + strings.TrimPrefix(srv.URL, "https") + "/rt/ws"
+	var clients []*client.Client
+	for i := 0; i < 3; i++ {
+		c, err := client.Dial(ctxT(t), url, &client.Options{HTTPClient: srv.Client(), Buffer: 256})
+		require.NoError(t, err)
+		t.Cleanup(func() { c.Close() })
+		_, err = c.Join(ctxT(t), "big")
+		require.NoError(t, err)
+		clients = append(clients, c)
+	}
+	const n = 40
+	go func() {
+		for i := 0; i < n; i++ {
+			size := []int{10, 70 << 10, 150 << 10, 125, 65535}[i%5]
+			data := fmt.Sprintf(`"%d %s"`, i, strings.Repeat("d", size))
+			if _, err := clients[i%3].Publish(ctxT(t), "big", []byte(data)); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	for _, c := range clients {
+		for i := 0; i < n; i++ {
+			ev := receiveType(t, c, "message")
+			require.True(t, strings.HasPrefix(string(ev.Data), fmt.Sprintf(`"%d `, i)), "message %d: %.20s", i, ev.Data)
+		}
+	}
+}
+
+// A hook that ignores its context and blocks does not hold up Shutdown
+// past its deadline, nor the client's close frame; once it returns, the
+// connection's reader ends.
+func TestWebSocketShutdownWithBlockedHook(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	entered := make(chan struct{}, 1)
+	th := newTestHub(t, &realtime.Options{
+		AuthorizeJoin: func(ctx context.Context, c *realtime.Conn, channel string) error {
+			entered <- struct{}{}
+			<-release
+			return nil
+		},
+	}, &realtime.WebSocketOptions{PingInterval: 20 * time.Millisecond, PongTimeout: 50 * time.Millisecond})
+	rc := th.dialRaw(t)
+	idle := th.dialRaw(t)
+	c := th.Conn(rc.id)
+	rc.ws.Write(ctxT(t), websocket.MessageText, []byte(`{"type":"join","id":1,"channel":"a"}`))
+	<-entered
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err := th.Shutdown(ctx)
+	t.Logf("Shutdown: %v after %v", err, time.Since(start))
+	assert.Less(t, time.Since(start), 2*time.Second)
+	// The idle connection got its close frame with CloseGoingAway.
+	assert.Equal(t, websocket.StatusCode(realtime.CloseGoingAway), websocket.CloseStatus(idle.readErr()))
+	close(release)
+	select {
+	case <-c.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the connection did not end after its hook returned")
+	}
 }
