@@ -642,3 +642,60 @@ func TestWebSocketShutdownWithBlockedHook(t *testing.T) {
 		t.Fatal("the connection did not end after its hook returned")
 	}
 }
+
+// The client pings hard with full payloads while the server writes large
+// messages and pings every millisecond: the server's pings, its pongs and
+// its data frames never mix, and every client ping gets its own pong.
+func TestWebSocketControlFramesBetweenLargeWrites(t *testing.T) {
+	t.Parallel()
+	th := newTestHub(t, &realtime.Options{MaxMessageSize: 200 << 10, QueueBytes: 16 << 20, QueueMessages: 1 << 12},
+		&realtime.WebSocketOptions{PingInterval: time.Millisecond, PongTimeout: 5 * time.Second})
+	conn, err := net.Dial("tcp", tcpAddr(th))
+	require.NoError(t, err)
+	c := dialStrict(t, conn, nil, nil)
+	c.until("welcome")
+	var wmu sync.Mutex
+	write := func(b []byte) {
+		wmu.Lock()
+		defer wmu.Unlock()
+		conn.Write(b)
+	}
+	write(clientFrame(true, 0x1, []byte(`{"type":"join","id":1,"channel":"big"}`)))
+	c.until(`"joined"`)
+	const pings, msgs = 200, 30
+	go func() {
+		for i := 0; i < pings; i++ {
+			p := bytes.Repeat([]byte{byte(i)}, 125)
+			write(clientFrame(true, 0x9, p))
+		}
+	}()
+	go func() {
+		for i := 0; i < msgs; i++ {
+			size := []int{70 << 10, 100, 150 << 10, 64 << 10, 1 << 10}[i%5]
+			th.Publish(context.Background(), "big", []byte(fmt.Sprintf(`"%d %s"`, i, strings.Repeat("m", size))))
+		}
+	}()
+	gotPongs, gotMsgs := 0, 0
+	for gotPongs < pings || gotMsgs < msgs {
+		op, p, err := c.frame()
+		require.NoError(t, err)
+		switch op {
+		case 0x9:
+			write(clientFrame(true, 0xa, p))
+		case 0xa:
+			require.Equal(t, bytes.Repeat([]byte{byte(gotPongs)}, 125), p, "pong %d", gotPongs)
+			gotPongs++
+		case 0x1:
+			var m []map[string]any
+			require.NoError(t, json.Unmarshal(p, &m))
+			for _, e := range m {
+				if e["type"] == "message" {
+					require.True(t, strings.HasPrefix(e["data"].(string), fmt.Sprintf("%d ", gotMsgs)))
+					gotMsgs++
+				}
+			}
+		default:
+			t.Fatalf("frame %#x", op)
+		}
+	}
+}
