@@ -272,9 +272,8 @@ func (c *Conn) next() ([]item, bool) {
 // errWriteTimeout ends a write that outlasted Options.WriteTimeout.
 var errWriteTimeout = errors.New("realtime: write timed out")
 
-// expireWrites closes the connections whose write began more than the
-// write timeout before now (on the hub's clock), cancelling the write. A
-// write is taken for late by swapping
+// expireWrites cancels the writes that began more than the write timeout
+// before now (on the hub's clock). A write is taken for late by swapping
 // its start for -1, so that one that ends meanwhile, and the next write,
 // are left alone.
 func (h *Hub) expireWrites(now int64) {
@@ -288,10 +287,6 @@ func (h *Hub) expireWrites(now int64) {
 	}
 	h.mu.RUnlock()
 	for _, c := range late {
-		// Close first, so that the connection ends for the late write
-		// and not for what aborting it does to the transport (a
-		// WebSocket's reader fails on the closed socket).
-		c.CloseNow(CloseAbnormal, "write timed out")
 		c.cancelWrites(errWriteTimeout)
 	}
 }

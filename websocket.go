@@ -541,12 +541,16 @@ const wsUnreadPeek = 512
 // unread (under TLS, on the socket beneath it), up to wsUnreadPeek. It
 // does not wait.
 func (t *wsTransport) unread() int {
-	conn := t.conn
-	if tc, ok := conn.(interface{ NetConn() net.Conn }); ok {
-		conn = tc.NetConn()
-	}
 	var b [wsUnreadPeek]byte
-	return peekSocket(conn, b[:])
+	return peekSocket(t.socket(), b[:])
+}
+
+// socket is the connection under TLS, if any, or the connection.
+func (t *wsTransport) socket() net.Conn {
+	if tc, ok := t.conn.(interface{ NetConn() net.Conn }); ok {
+		return tc.NetConn()
+	}
+	return t.conn
 }
 
 // inReceive reports whether the reader is in Conn.Receive, perhaps in a
@@ -588,13 +592,21 @@ func (t *wsTransport) Write(ctx context.Context, f Frame) error {
 	return t.ws.Write(context.Background(), websocket.MessageText, f.Data)
 }
 
-// abortWrite ends a write in progress by closing the connection under
-// it; the hub calls it after ending the context of writes. A write that
-// starts later sees that context ended.
+// abortWrite ends a write in progress by shutting down the sending side
+// of the socket under it (where there is no socket to shut, by closing
+// the connection); the hub calls it after ending the context of writes. A
+// write that starts later sees that context ended. The reader goes on, so
+// that the connection ends for the failed write, with its reason, rather
+// than for a read that failed on a closed socket.
 func (t *wsTransport) abortWrite() {
-	if t.writing.Load() {
-		t.conn.Close()
+	if !t.writing.Load() {
+		return
 	}
+	if tc, ok := t.socket().(*net.TCPConn); ok {
+		tc.CloseWrite()
+		return
+	}
+	t.conn.Close()
 }
 
 // Close ends the connection and waits for its reader, which the closed

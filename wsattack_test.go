@@ -699,3 +699,72 @@ func TestWebSocketControlFramesBetweenLargeWrites(t *testing.T) {
 		}
 	}
 }
+
+// stuckTransport is a transport whose writes wait for their context and
+// then report a close of their own, as the long-poll transport does when
+// no poll takes its backlog.
+type stuckTransport struct{}
+
+func (stuckTransport) Name() string { return "stuck" }
+func (stuckTransport) Write(ctx context.Context, _ realtime.Frame) error {
+	<-ctx.Done()
+	return realtime.CloseError{Code: realtime.CloseSlowConsumer, Reason: "stuck"}
+}
+func (stuckTransport) Close(realtime.CloseCode, string) error { return nil }
+
+// A write past WriteTimeout ends with the close its transport reports.
+func TestWriteTimeoutKeepsTheTransportsReason(t *testing.T) {
+	t.Parallel()
+	hub, err := realtime.New(&realtime.Options{WriteTimeout: 100 * time.Millisecond})
+	require.NoError(t, err)
+	defer hub.Close()
+	c, err := hub.Connect(stuckTransport{}, realtime.ConnInfo{})
+	require.NoError(t, err)
+	require.NoError(t, c.Send([]byte(`1`)))
+	select {
+	case <-c.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the connection did not end")
+	}
+	assert.Equal(t, realtime.CloseError{Code: realtime.CloseSlowConsumer, Reason: "stuck"}, c.Reason())
+}
+
+// Over TLS too, a write past WriteTimeout is aborted and its connection
+// ends with "write timed out".
+func TestWebSocketWriteTimeoutOverTLS(t *testing.T) {
+	t.Parallel()
+	hub, err := realtime.New(&realtime.Options{WriteTimeout: 300 * time.Millisecond, QueueBytes: 64 << 20, QueueMessages: 1 << 16})
+	require.NoError(t, err)
+	mux := http.NewServeMux()
+	mux.Handle("/rt/", realtime.NewHandler(hub, nil))
+	srv := httptest.NewTLSServer(mux)
+	t.Cleanup(func() {
+		require.NoError(t, hub.Close())
+		srv.Close()
+	})
+	d := net.Dialer{Control: func(network, address string, rc syscall.RawConn) error {
+		var err error
+		rc.Control(func(fd uintptr) {
+			err = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 32<<10)
+		})
+		return err
+	}}
+	raw, err := d.Dial("tcp", strings.TrimPrefix(srv.URL, "https://"))
+	require.NoError(t, err)
+	conn := tls.Client(raw, &tls.Config{InsecureSkipVerify: true})
+	dialStrict(t, conn, nil, nil) // and never read again
+	require.Eventually(t, func() bool { return len(hub.Conns()) == 1 }, 5*time.Second, 5*time.Millisecond)
+	c := hub.Conns()[0]
+	require.NoError(t, c.Join(ctxT(t), "room"))
+	data := []byte(`"` + strings.Repeat("x", 32<<10) + `"`)
+	for i := 0; i < 300 && c.Context().Err() == nil; i++ {
+		_, err := hub.Publish(ctxT(t), "room", data)
+		require.NoError(t, err)
+	}
+	select {
+	case <-c.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the connection did not end")
+	}
+	assert.Equal(t, realtime.CloseError{Code: realtime.CloseAbnormal, Reason: "write timed out"}, c.Reason())
+}
