@@ -625,7 +625,13 @@ func (t *wsTransport) Close(code CloseCode, reason string) error {
 		// The peer is gone or not listening: no close frame would arrive.
 		err = t.ws.CloseNow()
 	default:
+		// The WebSocket library bounds the close handshake, except where
+		// it first skips the rest of a frame that a read left (one over
+		// the size limit): a client that stalls inside it would hold
+		// Close for ever.
+		abort := time.AfterFunc(wsCloseTimeout, func() { t.conn.Close() })
 		err = t.ws.Close(websocket.StatusCode(code), truncateReason(reason))
+		abort.Stop()
 		if err != nil {
 			t.ws.CloseNow()
 		}
@@ -635,6 +641,10 @@ func (t *wsTransport) Close(code CloseCode, reason string) error {
 	}
 	return err
 }
+
+// wsCloseTimeout bounds a close handshake: the WebSocket library's own
+// bounds, 5 seconds to write the close frame and 5 to read the client's.
+const wsCloseTimeout = 10 * time.Second
 
 // truncateReason fits a close reason into a close frame (123 bytes),
 // without splitting a UTF-8 sequence.

@@ -768,3 +768,33 @@ func TestWebSocketWriteTimeoutOverTLS(t *testing.T) {
 	}
 	assert.Equal(t, realtime.CloseError{Code: realtime.CloseAbnormal, Reason: "write timed out"}, c.Reason())
 }
+
+// A frame announcing a gigabyte (8-byte length), behind a pong taken off
+// the socket, closes the connection with 1009 as soon as MaxMessageSize
+// of it has come, without waiting for the rest; and a client that then
+// stalls inside that frame cannot hold the close handshake open.
+func TestWebSocketHugeFrameHeaderClosesAtOnce(t *testing.T) {
+	t.Parallel()
+	th := newTestHub(t, nil, nil)
+	conn, err := net.Dial("tcp", tcpAddr(th))
+	require.NoError(t, err)
+	c := dialStrict(t, conn, nil, nil)
+	c.until("welcome")
+	head := []byte{0x81, 0x80 | 127}
+	head = binary.BigEndian.AppendUint64(head, 1<<30)
+	head = append(head, 1, 2, 3, 4)
+	c.write(append(clientFrame(true, 0xa, []byte("x")), head...))
+	c.write(make([]byte, 64<<10+1))
+	for {
+		op, p, err := c.frame()
+		require.NoError(t, err)
+		if op == 0x8 {
+			require.GreaterOrEqual(t, len(p), 2)
+			assert.Equal(t, uint16(websocket.StatusMessageTooBig), binary.BigEndian.Uint16(p))
+			break
+		}
+	}
+	start := time.Now()
+	th.waitConnsWithin(t, 0, 15*time.Second)
+	t.Logf("ended after %v: %v", time.Since(start), th.disconnectReasons())
+}
