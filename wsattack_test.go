@@ -379,8 +379,6 @@ func TestWebSocketOverTLS(t *testing.T) {
 	}
 }
 
-var _ = websocket.StatusNormalClosure
-
 // Pings go out every PingInterval, as documented, not every
 // PingInterval+PongTimeout: intermediaries that drop idle connections are
 // configured against the interval.
@@ -516,7 +514,7 @@ func TestWebSocketVanishedPeerDroppedWhileHookBlocks(t *testing.T) {
 // after its queue overflows, long before the write timeout: the close
 // frame waits behind the stuck write for at most the WebSocket library's
 // 5 s close timeout, which then closes the connection under the write.
-func TestWebSocketSlowConsumerWithStuckWriteEndsPromptly(t *testing.T) {
+func TestWebSocketSlowConsumerWithStuckWriteEnds(t *testing.T) {
 	t.Parallel()
 	th := newTestHub(t, &realtime.Options{WriteTimeout: 30 * time.Second, MaxMessageSize: 64 << 10, QueueBytes: 1 << 20}, nil)
 	conn := dialSmallRcvBuf(t, th)
@@ -773,7 +771,7 @@ func TestWebSocketWriteTimeoutOverTLS(t *testing.T) {
 // the socket, closes the connection with 1009 as soon as MaxMessageSize
 // of it has come, without waiting for the rest; and a client that then
 // stalls inside that frame cannot hold the close handshake open.
-func TestWebSocketHugeFrameHeaderClosesAtOnce(t *testing.T) {
+func TestWebSocketStallInsideOversizedFrame(t *testing.T) {
 	t.Parallel()
 	th := newTestHub(t, nil, nil)
 	conn, err := net.Dial("tcp", tcpAddr(th))
