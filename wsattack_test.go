@@ -796,3 +796,23 @@ func TestWebSocketStallInsideOversizedFrame(t *testing.T) {
 	th.waitConnsWithin(t, 0, 15*time.Second)
 	t.Logf("ended after %v: %v", time.Since(start), th.disconnectReasons())
 }
+
+// Any input answers a ping: a client that never sends a pong but keeps
+// sending commands stays connected.
+func TestWebSocketDataAnswersPings(t *testing.T) {
+	t.Parallel()
+	th := newTestHub(t, nil, &realtime.WebSocketOptions{PingInterval: 30 * time.Millisecond, PongTimeout: 60 * time.Millisecond})
+	conn, err := net.Dial("tcp", tcpAddr(th))
+	require.NoError(t, err)
+	c := dialStrict(t, conn, nil, nil)
+	c.until("welcome")
+	pings := 0
+	for i := 1; i <= 25; i++ {
+		c.write(clientFrame(true, 0x1, []byte(fmt.Sprintf(`{"type":"ping","id":%d}`, i))))
+		n, _ := c.until(fmt.Sprintf(`"id":%d}`, i))
+		pings += n
+		time.Sleep(20 * time.Millisecond)
+	}
+	assert.Positive(t, pings)
+	assert.Len(t, th.Conns(), 1)
+}
