@@ -20,8 +20,9 @@ import (
 // WebSocketOptions configures the WebSocket transport. The zero value of
 // every field means its default; nil means all defaults.
 type WebSocketOptions struct {
-	// PingInterval is how often the server pings an idle or busy client.
-	// The default, 0, is 25 seconds.
+	// PingInterval is how often the server pings an idle or busy client
+	// (every PongTimeout if that is longer). The default, 0, is 25
+	// seconds.
 	PingInterval time.Duration
 
 	// PongTimeout is how long the client has to answer a ping before the
@@ -385,7 +386,10 @@ func readCloseError(err error) (CloseCode, string) {
 // pinger checks that the peer of one connection is alive. It holds a
 // timer, not a goroutine. Every PingInterval it sends a ping; if no input
 // at all has arrived from the client PongTimeout later (a pong or
-// anything else), the connection is dropped.
+// anything else), the connection is dropped. While a hook holds the
+// reader, input that arrived and waits unread on the socket counts too (as
+// far as wsUnreadPeek bytes tell): a client that answered is not dead for
+// the hook being slow.
 type pinger struct {
 	s *wsHandler
 	c *Conn
@@ -396,6 +400,7 @@ type pinger struct {
 	stopped bool
 	waiting bool          // a ping is out; the timer checks for input
 	input   uint64        // the transport's input count when it went out
+	unread  int           // bytes waiting on the socket then, if the reader was in a hook
 	sending chan struct{} // closed when the ping being written is out
 }
 
@@ -417,9 +422,10 @@ func (p *pinger) tick() {
 	}
 	if p.waiting {
 		p.waiting = false
-		alive := p.t.input.Load() != p.input
+		alive := p.t.input.Load() != p.input || p.t.inReceive() && p.t.unread() > p.unread
 		if alive {
-			p.timer.Reset(p.s.opts.PingInterval)
+			// The next ping goes out PingInterval after this one.
+			p.timer.Reset(max(p.s.opts.PingInterval-p.s.opts.PongTimeout, 0))
 		}
 		p.mu.Unlock()
 		if !alive {
@@ -429,6 +435,10 @@ func (p *pinger) tick() {
 	}
 	p.waiting = true
 	p.input = p.t.input.Load()
+	p.unread = 0
+	if p.t.inReceive() {
+		p.unread = p.t.unread()
+	}
 	// Armed before the write: a write stuck on a vanished peer ends when
 	// the check drops the connection.
 	p.timer.Reset(p.s.opts.PongTimeout)
@@ -523,6 +533,34 @@ func (t *wsTransport) takePong() bool {
 	return true
 }
 
+// wsUnreadPeek is how many of the bytes waiting on the socket the pinger
+// counts.
+const wsUnreadPeek = 512
+
+// unread returns how many bytes from the client wait on the socket,
+// unread (under TLS, on the socket beneath it), up to wsUnreadPeek. It
+// does not wait.
+func (t *wsTransport) unread() int {
+	var b [wsUnreadPeek]byte
+	return peekSocket(t.socket(), b[:])
+}
+
+// socket is the connection under TLS, if any, or the connection.
+func (t *wsTransport) socket() net.Conn {
+	if tc, ok := t.conn.(interface{ NetConn() net.Conn }); ok {
+		return tc.NetConn()
+	}
+	return t.conn
+}
+
+// inReceive reports whether the reader is in Conn.Receive, perhaps in a
+// hook, and reads nothing meanwhile.
+func (t *wsTransport) inReceive() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.receiving
+}
+
 // receive passes a frame to the hub unless the transport is closing. It
 // reports false when the reader should stop.
 func (t *wsTransport) receive(c *Conn, frame []byte) bool {
@@ -554,13 +592,21 @@ func (t *wsTransport) Write(ctx context.Context, f Frame) error {
 	return t.ws.Write(context.Background(), websocket.MessageText, f.Data)
 }
 
-// abortWrite ends a write in progress by closing the connection under
-// it; the hub calls it after ending the context of writes. A write that
-// starts later sees that context ended.
+// abortWrite ends a write in progress by shutting down the sending side
+// of the socket under it (where there is no socket to shut, by closing
+// the connection); the hub calls it after ending the context of writes. A
+// write that starts later sees that context ended. The reader goes on, so
+// that the connection ends for the failed write, with its reason, rather
+// than for a read that failed on a closed socket.
 func (t *wsTransport) abortWrite() {
-	if t.writing.Load() {
-		t.conn.Close()
+	if !t.writing.Load() {
+		return
 	}
+	if tc, ok := t.socket().(*net.TCPConn); ok {
+		tc.CloseWrite()
+		return
+	}
+	t.conn.Close()
 }
 
 // Close ends the connection and waits for its reader, which the closed
@@ -579,7 +625,13 @@ func (t *wsTransport) Close(code CloseCode, reason string) error {
 		// The peer is gone or not listening: no close frame would arrive.
 		err = t.ws.CloseNow()
 	default:
+		// The WebSocket library bounds the close handshake, except where
+		// it first skips the rest of a frame that a read left (one over
+		// the size limit): a client that stalls inside it would hold
+		// Close for ever.
+		abort := time.AfterFunc(wsCloseTimeout, func() { t.conn.Close() })
 		err = t.ws.Close(websocket.StatusCode(code), truncateReason(reason))
+		abort.Stop()
 		if err != nil {
 			t.ws.CloseNow()
 		}
@@ -589,6 +641,10 @@ func (t *wsTransport) Close(code CloseCode, reason string) error {
 	}
 	return err
 }
+
+// wsCloseTimeout bounds a close handshake: the WebSocket library's own
+// bounds, 5 seconds to write the close frame and 5 to read the client's.
+const wsCloseTimeout = 10 * time.Second
 
 // truncateReason fits a close reason into a close frame (123 bytes),
 // without splitting a UTF-8 sequence.
