@@ -79,3 +79,31 @@ func TestBatchDecodingRefusesDamage(t *testing.T) {
 	_, ok := unpack("ch", h, body)
 	assert.False(t, ok, "bad count")
 }
+
+// FuzzUnpack reads whatever a stream message may hold: it never panics,
+// and what it accepts is the count of messages the headers state, at
+// consecutive positions, which encode back to the same body.
+func FuzzUnpack(f *testing.F) {
+	f.Add(encodeBatch([]*pending{{data: []byte("ab")}, {data: []byte("cd")}}), uint64(5), uint64(2))
+	f.Add([]byte{0xff, 0xff, 0xff}, uint64(1<<40), uint64(1<<39))
+	f.Fuzz(func(t *testing.T, body []byte, last, count uint64) {
+		h := nats.Header{}
+		h.Set(epochHeader, "e")
+		h.Set(offsetHeader, strconv.FormatUint(last, 10))
+		h.Set(countHeader, strconv.FormatUint(count, 10))
+		msgs, ok := unpack("ch", h, body)
+		if !ok {
+			assert.Empty(t, msgs)
+			return
+		}
+		require.Len(t, msgs, int(count))
+		batch := make([]*pending, len(msgs))
+		for i, m := range msgs {
+			assert.Equal(t, last-count+1+uint64(i), m.Position.Offset)
+			batch[i] = &pending{data: m.Data}
+		}
+		if count > 1 {
+			assert.Equal(t, body, encodeBatch(batch))
+		}
+	})
+}
