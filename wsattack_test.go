@@ -283,14 +283,14 @@ func TestWebSocketPongsCountWhileHookBlocks(t *testing.T) {
 			}
 			return nil
 		},
-	}, &realtime.WebSocketOptions{PingInterval: 50 * time.Millisecond, PongTimeout: 100 * time.Millisecond})
+	}, &realtime.WebSocketOptions{PingInterval: 50 * time.Millisecond, PongTimeout: 400 * time.Millisecond})
 	defer once.Do(func() { close(release) })
 	conn, err := net.Dial("tcp", tcpAddr(th))
 	require.NoError(t, err)
 	c := dialStrict(t, conn, nil, nil)
 	c.until("welcome")
 	c.write(clientFrame(true, 0x1, []byte(`{"type":"send","id":1,"data":1}`)))
-	deadline := time.Now().Add(800 * time.Millisecond)
+	deadline := time.Now().Add(2 * time.Second) // five pong timeouts
 	for time.Now().Before(deadline) {
 		op, p, err := c.frame()
 		require.NoError(t, err, "the server dropped a client that answered its pings")
@@ -619,7 +619,7 @@ func TestWebSocketShutdownWithBlockedHook(t *testing.T) {
 			<-release
 			return nil
 		},
-	}, &realtime.WebSocketOptions{PingInterval: 20 * time.Millisecond, PongTimeout: 50 * time.Millisecond})
+	}, &realtime.WebSocketOptions{PingInterval: 20 * time.Millisecond, PongTimeout: time.Second})
 	rc := th.dialRaw(t)
 	idle := th.dialRaw(t)
 	c := th.Conn(rc.id)
@@ -801,18 +801,22 @@ func TestWebSocketStallInsideOversizedFrame(t *testing.T) {
 // sending commands stays connected.
 func TestWebSocketDataAnswersPings(t *testing.T) {
 	t.Parallel()
-	th := newTestHub(t, nil, &realtime.WebSocketOptions{PingInterval: 30 * time.Millisecond, PongTimeout: 60 * time.Millisecond})
+	// Pings every second (the pong timeout, being longer than the
+	// interval, sets the pace); commands every 20 ms or so, so that a
+	// loaded machine cannot stretch a gap past the timeout.
+	th := newTestHub(t, nil, &realtime.WebSocketOptions{PingInterval: 100 * time.Millisecond, PongTimeout: time.Second})
 	conn, err := net.Dial("tcp", tcpAddr(th))
 	require.NoError(t, err)
 	c := dialStrict(t, conn, nil, nil)
 	c.until("welcome")
 	pings := 0
-	for i := 1; i <= 25; i++ {
+	start := time.Now()
+	for i := 1; time.Since(start) < 2500*time.Millisecond; i++ {
 		c.write(clientFrame(true, 0x1, []byte(fmt.Sprintf(`{"type":"ping","id":%d}`, i))))
 		n, _ := c.until(fmt.Sprintf(`"id":%d}`, i))
 		pings += n
 		time.Sleep(20 * time.Millisecond)
 	}
-	assert.Positive(t, pings)
+	assert.GreaterOrEqual(t, pings, 2, "pings answered by commands alone")
 	assert.Len(t, th.Conns(), 1)
 }
