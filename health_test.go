@@ -10,7 +10,6 @@ import (
 	"runtime"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -85,13 +84,7 @@ func TestStalledWritesTimeOut(t *testing.T) {
 			th := newTestHub(t, &realtime.Options{WriteTimeout: time.Second, QueueBytes: 64 << 20, QueueMessages: 1 << 16}, nil)
 			// A small receive buffer, so that the server's writes stall
 			// soon after the client stops reading.
-			d := net.Dialer{Control: func(network, address string, rc syscall.RawConn) error {
-				var err error
-				rc.Control(func(fd uintptr) {
-					err = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 32<<10)
-				})
-				return err
-			}}
+			d := net.Dialer{Control: smallReceiveBuffer}
 			conn, err := d.Dial("tcp", strings.TrimPrefix(th.srv.URL, "http://"))
 			require.NoError(t, err)
 			defer conn.Close()

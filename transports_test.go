@@ -20,7 +20,6 @@ import (
 	"runtime/pprof"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -120,13 +119,7 @@ func TestTransportsShutdownBoundsStalledWebSocket(t *testing.T) {
 }
 
 func dialSmallRcvBuf(t *testing.T, th *testHub) net.Conn {
-	d := net.Dialer{Control: func(network, address string, rc syscall.RawConn) error {
-		var err error
-		rc.Control(func(fd uintptr) {
-			err = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 32<<10)
-		})
-		return err
-	}}
+	d := net.Dialer{Control: smallReceiveBuffer}
 	conn, err := d.Dial("tcp", strings.TrimPrefix(th.srv.URL, "http://"))
 	require.NoError(t, err)
 	return conn

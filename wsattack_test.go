@@ -740,13 +740,7 @@ func TestWebSocketWriteTimeoutOverTLS(t *testing.T) {
 		require.NoError(t, hub.Close())
 		srv.Close()
 	})
-	d := net.Dialer{Control: func(network, address string, rc syscall.RawConn) error {
-		var err error
-		rc.Control(func(fd uintptr) {
-			err = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 32<<10)
-		})
-		return err
-	}}
+	d := net.Dialer{Control: smallReceiveBuffer}
 	raw, err := d.Dial("tcp", strings.TrimPrefix(srv.URL, "https://"))
 	require.NoError(t, err)
 	conn := tls.Client(raw, &tls.Config{InsecureSkipVerify: true})
