@@ -322,6 +322,17 @@ func runIdle(ctx context.Context, t target, n int, cfg *config) idleResult {
 	return r
 }
 
+// profileCPU saves a CPU profile of s over secs seconds as file in dir,
+// in the background; the channel it returns is closed once it is saved.
+func profileCPU(s *server, secs int, dir, file string) chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		saveProfile(s, "/debug/pprof/profile?seconds="+itoa(secs), filepath.Join(dir, file))
+	}()
+	return done
+}
+
 func saveProfile(s *server, path, file string) {
 	resp, err := s.http.Get("http://" + s.addr + path)
 	if err != nil {
@@ -422,11 +433,7 @@ func runFanout(ctx context.Context, t target, nodes, subs, msgs, size int, cfg *
 	var profDone chan struct{}
 	if cfg.profileDir != "" && t == tRealtimeWS && nodes == 1 && !cfg.profiled {
 		cfg.profiled = true
-		profDone = make(chan struct{})
-		go func() {
-			defer close(profDone)
-			saveProfile(servers[0], "/debug/pprof/profile?seconds=8", filepath.Join(cfg.profileDir, "fanout-ws-cpu.pb.gz"))
-		}()
+		profDone = profileCPU(servers[0], 8, cfg.profileDir, "fanout-ws-cpu.pb.gz")
 		time.Sleep(200 * time.Millisecond)
 	}
 	if cfg.profileDir != "" && nodes > 1 && strings.HasPrefix(t.server, "realtime") && !cfg.profiledCross[t] {
@@ -435,19 +442,16 @@ func runFanout(ctx context.Context, t target, nodes, subs, msgs, size int, cfg *
 			cfg.profiledCross = map[target]bool{}
 		}
 		cfg.profiledCross[t] = true
-		profDone = make(chan struct{})
-		var pw sync.WaitGroup
+		var saved []chan struct{}
 		for k, s := range servers {
-			pw.Add(1)
-			go func() {
-				defer pw.Done()
-				file := fmt.Sprintf("crossnode-%s-node%d-cpu.pb.gz", t.server, k+1)
-				saveProfile(s, "/debug/pprof/profile?seconds=3", filepath.Join(cfg.profileDir, file))
-			}()
+			saved = append(saved, profileCPU(s, 3, cfg.profileDir, fmt.Sprintf("crossnode-%s-node%d-cpu.pb.gz", t.server, k+1)))
 		}
+		profDone = make(chan struct{})
 		go func() {
-			pw.Wait()
-			close(profDone)
+			defer close(profDone)
+			for _, done := range saved {
+				<-done
+			}
 		}()
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -571,12 +575,7 @@ func runLatency(ctx context.Context, t target, cfg *config) latResult {
 	for i, rate := range cfg.latRates {
 		var profDone chan struct{}
 		if cfg.profileDir != "" && t == tRealtimeWS {
-			profDone = make(chan struct{})
-			go func() {
-				defer close(profDone)
-				secs := max(1, int(cfg.latDur/time.Second)-1)
-				saveProfile(s, "/debug/pprof/profile?seconds="+itoa(secs), filepath.Join(cfg.profileDir, "latency-ws-cpu-"+itoa(i)+".pb.gz"))
-			}()
+			profDone = profileCPU(s, max(1, int(cfg.latDur/time.Second)-1), cfg.profileDir, "latency-ws-cpu-"+itoa(i)+".pb.gz")
 		}
 		ph := latPhase{rate: rate}
 		for _, c := range clients {
@@ -680,12 +679,7 @@ func runChannels(ctx context.Context, t target, cfg *config) chanResult {
 	}
 	var profDone chan struct{}
 	if cfg.profileDir != "" && t == tRealtimeWS {
-		profDone = make(chan struct{})
-		go func() {
-			defer close(profDone)
-			secs := max(1, int(cfg.chDur/time.Second)-1)
-			saveProfile(s, "/debug/pprof/profile?seconds="+itoa(secs), filepath.Join(cfg.profileDir, "channels-ws-cpu.pb.gz"))
-		}()
+		profDone = profileCPU(s, max(1, int(cfg.chDur/time.Second)-1), cfg.profileDir, "channels-ws-cpu.pb.gz")
 	}
 	cpu0, load0 := s.sample().cpu, selfCPU()
 	seqs := make([]int64, cfg.chChannels)
