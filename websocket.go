@@ -178,6 +178,7 @@ type frameWriter struct {
 
 	mu      sync.Mutex
 	held    [64]byte // the current frame's header and small pieces
+	head    [10]byte // the header of a message writeMessage writes
 	n       int      // bytes in held
 	left    int64    // payload bytes of the current frame still to come; -1 while its header is incomplete
 	opcode  byte     // of the current frame, once its header is whole
@@ -280,20 +281,7 @@ func (w *frameWriter) send(piece []byte) error {
 	case w.n == 0:
 		_, err = w.conn.Write(piece)
 	default:
-		if _, ok := w.conn.(*net.TCPConn); ok {
-			w.vec = [2][]byte{w.held[:w.n], piece}
-			w.bufs = w.vec[:]
-			_, err = w.bufs.WriteTo(w.conn) // writev
-			w.vec = [2][]byte{}             // keep no reference to the caller's slice
-			break
-		}
-		// Over TLS, say: one buffer makes one record.
-		b := framePool.Get().(*[]byte)
-		*b = append(append((*b)[:0], w.held[:w.n]...), piece...)
-		_, err = w.conn.Write(*b)
-		if cap(*b) <= 4*maxFrame {
-			framePool.Put(b)
-		}
+		err = w.writeParts(w.held[:w.n], piece)
 	}
 	w.n = 0
 	w.partial = w.left > 0
@@ -308,6 +296,58 @@ func (w *frameWriter) send(piece []byte) error {
 		}
 	}
 	return err
+}
+
+// writeParts writes head and then piece with one call.
+func (w *frameWriter) writeParts(head, piece []byte) error {
+	if _, ok := w.conn.(*net.TCPConn); ok {
+		w.vec = [2][]byte{head, piece}
+		w.bufs = w.vec[:]
+		_, err := w.bufs.WriteTo(w.conn) // writev
+		w.vec = [2][]byte{}              // keep no reference to the caller's slices
+		return err
+	}
+	// Over TLS, say: one buffer makes one record.
+	b := framePool.Get().(*[]byte)
+	*b = append(append((*b)[:0], head...), piece...)
+	_, err := w.conn.Write(*b)
+	if cap(*b) <= 4*maxFrame {
+		framePool.Put(b)
+	}
+	return err
+}
+
+// errFrameOut is writeMessage's answer while part of a frame of the
+// WebSocket library's own has gone out.
+var errFrameOut = errors.New("realtime: a frame is half written")
+
+// writeMessage writes p as one text frame, whole, straight to the
+// connection: the WebSocket library's own write path, with its locks,
+// its buffer and a context per write, carries only its control frames.
+// While part of one of those has gone out, it returns errFrameOut, and
+// the message must go through the library, which orders it after.
+func (w *frameWriter) writeMessage(p []byte) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch {
+	case w.partial:
+		return errFrameOut
+	case w.closed:
+		return net.ErrClosed
+	}
+	h := w.head[:2]
+	h[0] = 0x81 // the final frame of a text message
+	switch n := len(p); {
+	case n < 126:
+		h[1] = byte(n)
+	case n <= 0xffff:
+		h[1] = 126
+		h = binary.BigEndian.AppendUint16(h, uint16(n))
+	default:
+		h[1] = 127
+		h = binary.BigEndian.AppendUint64(h, uint64(n))
+	}
+	return w.writeParts(h, p)
 }
 
 // frameHeaderLen is the length of a frame header whose second byte is b.
@@ -580,16 +620,20 @@ func (t *wsTransport) receive(c *Conn, frame []byte) bool {
 
 func (t *wsTransport) Name() string { return "websocket" }
 
-// Write writes f as one text message. The WebSocket library is not given
-// ctx, which would cost it a context registration per write: the hub
-// aborts a write in progress with abortWrite when ctx ends.
+// Write writes f as one text message, through the frameWriter (see
+// writeMessage). No write is handed ctx: the hub aborts a write in
+// progress with abortWrite when ctx ends.
 func (t *wsTransport) Write(ctx context.Context, f Frame) error {
 	t.writing.Store(true)
 	defer t.writing.Store(false)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return t.ws.Write(context.Background(), websocket.MessageText, f.Data)
+	err := t.fw.writeMessage(f.Data)
+	if err == errFrameOut {
+		err = t.ws.Write(context.Background(), websocket.MessageText, f.Data)
+	}
+	return err
 }
 
 // abortWrite ends a write in progress by shutting down the sending side

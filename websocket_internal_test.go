@@ -255,3 +255,34 @@ func TestNoCursor(t *testing.T) {
 	c, _ = without.last()
 	assert.Empty(t, c)
 }
+
+// writeMessage writes whole text frames with the shortest length encoding;
+// while a frame of the library's own is half out it declines, and after a
+// close frame it refuses.
+func TestFrameWriterWriteMessage(t *testing.T) {
+	var out bytes.Buffer
+	w := &frameWriter{conn: &bufferConn{out: &out}, left: -1}
+	for _, n := range []int{0, 125, 126, 0xffff, 0x10000} {
+		out.Reset()
+		p := bytes.Repeat([]byte{'m'}, n)
+		require.NoError(t, w.writeMessage(p))
+		h, body := wsFrame(0x1, p, false)
+		require.Equal(t, append(h, body...), out.Bytes(), "a message of %d bytes", n)
+	}
+
+	big := bytes.Repeat([]byte{'x'}, 1000)
+	h, _ := wsFrame(0x2, big, false)
+	_, err := w.Write(h)
+	require.NoError(t, err)
+	_, err = w.Write(big[:600]) // part of the frame goes out
+	require.NoError(t, err)
+	require.ErrorIs(t, w.writeMessage([]byte(`[1]`)), errFrameOut)
+	_, err = w.Write(big[600:])
+	require.NoError(t, err)
+	require.NoError(t, w.writeMessage([]byte(`[1]`)))
+
+	ch, cb := wsFrame(0x8, []byte{0x03, 0xe8}, false)
+	_, err = w.Write(append(ch, cb...))
+	require.NoError(t, err)
+	require.ErrorIs(t, w.writeMessage([]byte(`[2]`)), net.ErrClosed)
+}
