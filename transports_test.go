@@ -125,27 +125,6 @@ func dialSmallRcvBuf(t *testing.T, th *testHub) net.Conn {
 	return conn
 }
 
-// wsFrame encodes a masked client text frame.
-func wsFrame(payload []byte) []byte {
-	var b []byte
-	b = append(b, 0x81)
-	switch n := len(payload); {
-	case n < 126:
-		b = append(b, 0x80|byte(n))
-	case n < 1<<16:
-		b = append(b, 0x80|126, byte(n>>8), byte(n))
-	default:
-		b = append(b, 0x80|127)
-		b = binary.BigEndian.AppendUint64(b, uint64(n))
-	}
-	mask := [4]byte{1, 2, 3, 4}
-	b = append(b, mask[:]...)
-	for i, c := range payload {
-		b = append(b, c^mask[i%4])
-	}
-	return b
-}
-
 // readServerFrame reads one unmasked server frame.
 func readServerFrame(r *bufio.Reader) (op byte, payload []byte, err error) {
 	var h [2]byte
@@ -187,7 +166,7 @@ func TestTransportsWebSocketPipelinedFrameAfterHandshake(t *testing.T) {
 	defer conn.Close()
 	req := fmt.Sprintf("GET /rt/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
 		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: %s\r\n\r\n", realtime.Subprotocol)
-	msg := append([]byte(req), wsFrame([]byte(`{"type":"ping","id":7}`))...)
+	msg := append([]byte(req), clientFrame(true, 0x1, []byte(`{"type":"ping","id":7}`))...)
 	_, err = conn.Write(msg) // one write: handshake and first frame
 	require.NoError(t, err)
 	conn.SetReadDeadline(time.Now().Add(3 * time.Second))

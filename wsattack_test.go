@@ -538,9 +538,9 @@ func TestWebSocketSlowConsumerWithStuckWriteEnds(t *testing.T) {
 	assert.Less(t, time.Since(start), 7*time.Second)
 }
 
-// A write that outlasts WriteTimeout is aborted by closing the socket
-// under it; the connection ends with the write's reason, not with the
-// read error the closed socket gives its reader.
+// A write that outlasts WriteTimeout is aborted by shutting the sending
+// side of the socket under it; the connection ends with the write's
+// reason, not with a read error.
 func TestWebSocketWriteTimeoutReason(t *testing.T) {
 	t.Parallel()
 	th := newTestHub(t, &realtime.Options{WriteTimeout: 300 * time.Millisecond, QueueBytes: 64 << 20, QueueMessages: 1 << 16}, nil)
@@ -548,18 +548,7 @@ func TestWebSocketWriteTimeoutReason(t *testing.T) {
 	dialStrict(t, conn, nil, nil) // and never read again
 	th.waitConns(t, 1)
 	c := th.Conns()[0]
-	require.NoError(t, c.Join(ctxT(t), "room"))
-	data := []byte(`"` + strings.Repeat("x", 32<<10) + `"`)
-	for i := 0; i < 300 && c.Context().Err() == nil; i++ {
-		_, err := th.Publish(ctxT(t), "room", data)
-		require.NoError(t, err)
-	}
-	select {
-	case <-c.Done():
-	case <-time.After(10 * time.Second):
-		t.Fatal("the connection did not end")
-	}
-	assert.Equal(t, realtime.CloseError{Code: realtime.CloseAbnormal, Reason: "write timed out"}, c.Reason())
+	endsForItsWriteTimeout(t, th.Hub, c)
 }
 
 // The Go client over wss: members of a channel get every message in
@@ -747,18 +736,7 @@ func TestWebSocketWriteTimeoutOverTLS(t *testing.T) {
 	dialStrict(t, conn, nil, nil) // and never read again
 	require.Eventually(t, func() bool { return len(hub.Conns()) == 1 }, 5*time.Second, 5*time.Millisecond)
 	c := hub.Conns()[0]
-	require.NoError(t, c.Join(ctxT(t), "room"))
-	data := []byte(`"` + strings.Repeat("x", 32<<10) + `"`)
-	for i := 0; i < 300 && c.Context().Err() == nil; i++ {
-		_, err := hub.Publish(ctxT(t), "room", data)
-		require.NoError(t, err)
-	}
-	select {
-	case <-c.Done():
-	case <-time.After(10 * time.Second):
-		t.Fatal("the connection did not end")
-	}
-	assert.Equal(t, realtime.CloseError{Code: realtime.CloseAbnormal, Reason: "write timed out"}, c.Reason())
+	endsForItsWriteTimeout(t, hub, c)
 }
 
 // A frame announcing a gigabyte (8-byte length), behind a pong taken off
@@ -813,4 +791,23 @@ func TestWebSocketDataAnswersPings(t *testing.T) {
 	}
 	assert.GreaterOrEqual(t, pings, 2, "pings answered by commands alone")
 	assert.Len(t, th.Conns(), 1)
+}
+
+// endsForItsWriteTimeout has c, whose client reads nothing, join a
+// channel that fills its socket, and checks that it ends for its write
+// timeout, with that reason.
+func endsForItsWriteTimeout(t *testing.T, hub *realtime.Hub, c *realtime.Conn) {
+	t.Helper()
+	require.NoError(t, c.Join(ctxT(t), "room"))
+	data := []byte(`"` + strings.Repeat("x", 32<<10) + `"`)
+	for i := 0; i < 300 && c.Context().Err() == nil; i++ {
+		_, err := hub.Publish(ctxT(t), "room", data)
+		require.NoError(t, err)
+	}
+	select {
+	case <-c.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the connection did not end")
+	}
+	assert.Equal(t, realtime.CloseError{Code: realtime.CloseAbnormal, Reason: "write timed out"}, c.Reason())
 }
